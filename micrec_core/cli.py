@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from micrec_core.amazon import RELEASES
+from micrec_core.config import ABLATIONS, MODELS
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -67,6 +68,23 @@ def cmd_features(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """micrec train."""
+    from micrec_core.config import Config
+    from micrec_core.experiment import run_experiment
+
+    given = {"max_epochs": args.max_epochs, "tau": args.tau, "lr": args.lr}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    config = Config(
+        model=args.model, ablation=args.ablation, dataset=str(Path(args.dataset).resolve()), seed=args.seed,
+        device=args.device, **overrides,
+    )
+    metrics = run_experiment(config, Path(args.out), resume=args.resume, progress=not args.quiet)
+    test = metrics["test"]
+    summary = {d: {k: v for k, v in groups["all"].items() if k.endswith("@20")} for d, groups in test.items()}
+    _print({"best_epoch": metrics["best_epoch"], "train_seconds": round(metrics["train_seconds"], 1), "test": summary})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="micrec", description=__doc__)
@@ -110,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     features.add_argument("--batch-size", type=int, default=64)
     features.set_defaults(func=cmd_features)
+
+    train = commands.add_parser("train", help="train a model to early stop and evaluate it inductively (paper §4, §5)")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--model", choices=MODELS, default="micrec")
+    train.add_argument("--ablation", choices=ABLATIONS, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-epochs", type=int, default=None)
+    train.add_argument("--tau", type=float, default=None, help="contrastive temperature (default: the paper's)")
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint.pt")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
     return parser
 
 
@@ -121,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"micrec: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,8 @@ The overlapping users U_o of a pair are the users seen in both domains (the anch
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import subprocess
 import zlib
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from micrec_core import __version__
 from micrec_core.amazon import find_file, image_dir, read_meta, read_reviews
@@ -273,3 +276,117 @@ def build_dataset(
     for warning in manifest["warnings"]:
         log.warning(warning)
     return stats
+
+
+@dataclass
+class DomainData:
+    """One domain of a built dataset as index tensors; row order of users/items.parquet defines the indices."""
+
+    name: str
+    user_ids: list[str]
+    item_ids: list[str]
+    user_seen: torch.Tensor
+    item_seen: torch.Tensor
+    edges: dict[str, torch.Tensor]
+    items: pd.DataFrame
+
+    @property
+    def n_users(self) -> int:
+        """Number of users (seen and unseen)."""
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (seen and unseen)."""
+        return len(self.item_ids)
+
+    def edges_of(self, *splits: str) -> torch.Tensor:
+        """The [2, E] (user, item) index pairs of the given splits, concatenated."""
+        return torch.cat([self.edges[s] for s in splits], dim=1)
+
+
+@dataclass
+class PairData:
+    """A built cross-domain dataset: two domains and the index pairs of their overlapping (seen) users."""
+
+    path: Path
+    domains: tuple[DomainData, DomainData]
+    overlap: torch.Tensor
+    stats: dict[str, Any]
+
+
+def load_domain(dataset: Path, domain: str) -> DomainData:
+    """Load one domain's parquet tables into index tensors."""
+    folder = Path(dataset) / domain
+    if not (folder / "interactions.parquet").is_file():
+        raise FileNotFoundError(f"{folder / 'interactions.parquet'} not found: run `micrec data build` first")
+    users = pd.read_parquet(folder / "users.parquet")
+    items = pd.read_parquet(folder / "items.parquet")
+    interactions = pd.read_parquet(folder / "interactions.parquet")
+    user_index = pd.Series(np.arange(len(users)), index=users["user_id"])
+    item_index = pd.Series(np.arange(len(items)), index=items["item_id"])
+    u = torch.tensor(user_index.reindex(interactions["user_id"]).to_numpy(), dtype=torch.long)
+    i = torch.tensor(item_index.reindex(interactions["item_id"]).to_numpy(), dtype=torch.long)
+    split = interactions["split"].to_numpy()
+    edges = {s: torch.stack([u[split == s], i[split == s]]) for s in SPLITS}
+    return DomainData(
+        name=domain,
+        user_ids=users["user_id"].tolist(),
+        item_ids=items["item_id"].tolist(),
+        user_seen=torch.tensor(users["seen"].to_numpy(dtype=bool)),
+        item_seen=torch.tensor(items["seen"].to_numpy(dtype=bool)),
+        edges=edges,
+        items=items,
+    )
+
+
+def load_pair(dataset: Path) -> PairData:
+    """Load a dataset built by `build_dataset`; U_o = users seen in both domains, as (index in A, index in B)."""
+    dataset = Path(dataset)
+    stats_path = dataset / "stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"{stats_path} not found: is {dataset} a dataset built by `micrec data build`?")
+    stats = json.loads(stats_path.read_text())
+    a, b = (load_domain(dataset, name) for name in stats["domains"])
+    seen_b = {user: k for k, user in enumerate(b.user_ids) if b.user_seen[k]}
+    pairs = [(k, seen_b[user]) for k, user in enumerate(a.user_ids) if a.user_seen[k] and user in seen_b]
+    overlap = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    return PairData(path=dataset, domains=(a, b), overlap=overlap, stats=stats)
+
+
+def dataset_sha256(dataset: Path) -> str:
+    """One hash over the tables that define a built dataset (manifest outputs, in a fixed order)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(dataset).glob("*/*.parquet")):
+        digest.update(f"{path.parent.name}/{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def ensure_built(
+    out: Path, raw: Path | None = None, pair: tuple[str, str] | None = None, release: str = "2014",
+    params: SplitParams | None = None,
+) -> Path:
+    """Build `out` unless it already holds this build; with no `raw`, synthesise the default data beside it.
+
+    A build is reused only when its manifest records the same raw folder, pair, release and parameters.
+    """
+    from micrec_core.synth import DOMAINS, synthesize
+
+    out, params = Path(out), params or SplitParams()
+    if raw is None:
+        raw = out.parent / f"{out.name}_raw"
+        if not (raw / "SYNTHETIC.json").is_file():
+            synthesize(raw, seed=0)
+        pair = pair or (DOMAINS[0].name, DOMAINS[1].name)
+    if pair is None:
+        raise ValueError("pair is required when raw is given")
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text())
+        same = (saved["raw"], saved["pair"], saved["release"], saved["params"]) == (
+            str(Path(raw).resolve()), list(pair), release, asdict(params)
+        )
+        if same:
+            return out
+    build_dataset(Path(raw), pair, out, release, params)
+    return out

@@ -1,0 +1,77 @@
+"""One training run end to end: load, train to early stop, evaluate inductively, write metrics.json + model."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from micrec_core.atomic import atomic_path, write_json
+from micrec_core.config import Config
+from micrec_core.dataset import code_version, dataset_sha256, load_pair
+from micrec_core.inference import evaluate_test
+from micrec_core.train import Setup, domain_alphas, setup, train
+
+log = logging.getLogger("micrec.experiment")
+MODEL_FILE = "model.pt"
+
+
+def provenance(dataset: Path, device: torch.device) -> dict[str, Any]:
+    """Where a result came from: code commit, data hash, device and library versions."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "git_commit": code_version()["git_commit"],
+        "dataset_sha256": dataset_sha256(dataset),
+        "device": f"{device.type}: {name}",
+        "torch": torch.__version__,
+    }
+
+
+def run_experiment(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `config` on its dataset, evaluate on E_test, and write OUT/metrics.json and OUT/model.pt."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pair = load_pair(Path(config.dataset))
+    s = setup(pair, config)
+    write_json(out / "config.json", config.to_dict())
+    bar = tqdm(total=config.max_epochs, desc=f"{config.model}{'/' + config.ablation if config.ablation else ''}",
+               disable=not progress)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        bar.update(1)
+        bar.set_postfix({k.split("/")[-1][:8]: round(v, 4) for k, v in record.items() if k.startswith("val_")})
+
+    state = train(s, out, resume=resume, on_epoch=on_epoch)
+    bar.close()
+    alphas = domain_alphas(s, state)
+    metrics = {
+        "config": config.to_dict(),
+        "provenance": provenance(pair.path, s.device),
+        "best_epoch": max(state.best_epoch),
+        "best_epochs": state.best_epoch,
+        "epochs_run": state.epoch,
+        "train_seconds": state.train_seconds,
+        "alphas": alphas,
+        "history": state.history,
+        "test": evaluate_test(s, alphas),
+    }
+    with atomic_path(out / MODEL_FILE) as tmp:
+        torch.save({"config": config.to_dict(), "model": s.model.state_dict(), "alphas": alphas}, tmp)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(run: Path, dataset: Path | None = None) -> tuple[Setup, list[float]]:
+    """A trained model ready for inference: rebuilt from the run's config (templates are a function of E_tr)."""
+    payload = torch.load(Path(run) / MODEL_FILE, map_location="cpu", weights_only=False)
+    config = Config.from_dict(payload["config"])
+    if dataset is not None:
+        config.dataset = str(dataset)
+    config.device = "cpu"
+    s = setup(load_pair(Path(config.dataset)), config)
+    s.model.load_state_dict(payload["model"])
+    return s, payload["alphas"]

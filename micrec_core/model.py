@@ -1,0 +1,193 @@
+"""MICRec and its baselines as one module: templates (§4.1) -> modality aggregation (§4.2) -> LightGCN.
+
+A *phase* fixes what the model may see. Training sees E_tr and the seen users and items only; inference sees
+E_tr + E_new and every user and item. Template maps are chosen once from the training data and frozen, so an
+unseen user or item is represented at inference from its template neighbours without any new parameter.
+
+Variants (Config): MICRec; ablations no-mm (no aggregation), no-cd (no contrastive loss), no-vis / no-txt (one
+modality in the similarity); INMO (no aggregation, no contrastive loss); LightGCN (transductive id embeddings,
+unseen users/items get the mean of the trained embeddings, INMO's protocol for transductive baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from micrec_core.aggregation import aggregate
+from micrec_core.config import Config
+from micrec_core.dataset import DomainData
+from micrec_core.losses import Projector
+from micrec_core.propagation import normalized_adjacency, propagate
+from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
+from micrec_core.sparse import SparseMatrix
+from micrec_core.templates import Templates, connections, select_templates, template_representation
+
+
+@dataclass
+class ItemModalities:
+    """Item features of one domain as tensors; a dropped modality has an all-False mask."""
+
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    image: torch.Tensor
+    image_mask: torch.Tensor
+
+
+@dataclass
+class Phase:
+    """Everything a forward pass of one domain needs for one phase (training or inference)."""
+
+    n_users: int
+    n_items: int
+    adjacency: SparseMatrix
+    user_conn: SparseMatrix | None
+    item_conn: SparseMatrix | None
+    user_neighbours: tuple[torch.Tensor, torch.Tensor] | None
+    item_neighbours: tuple[torch.Tensor, torch.Tensor] | None
+
+    def to(self, device: torch.device) -> Phase:
+        """A copy on `device`."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        pair = lambda p: None if p is None else (p[0].to(device), p[1].to(device))  # noqa: E731
+        return Phase(
+            self.n_users, self.n_items, move(self.adjacency), move(self.user_conn), move(self.item_conn),
+            pair(self.user_neighbours), pair(self.item_neighbours),
+        )
+
+
+def neighbours(
+    feats: ItemModalities, candidates: torch.Tensor, k: int, w: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K most similar entities among `candidates` by the §4.2 similarity, never the entity itself."""
+    sim = modality_similarity(
+        feats.text, feats.text_mask, feats.image, feats.image_mask,
+        feats.text, feats.text_mask, feats.image, feats.image_mask, w=w,
+    )
+    return top_k_neighbours(sim, k, candidates, exclude_self=True)
+
+
+def user_modalities(edges: torch.Tensor, n_users: int, items: ItemModalities) -> ItemModalities:
+    """§4.2: user features = mean features of the items the user interacted with in the visible edges."""
+    text, text_mask = user_features(edges[0], edges[1], n_users, items.text, items.text_mask)
+    image, image_mask = user_features(edges[0], edges[1], n_users, items.image, items.image_mask)
+    return ItemModalities(text, text_mask, image, image_mask)
+
+
+def build_phase(
+    data: DomainData,
+    edges: torch.Tensor,
+    templates: Templates | None,
+    items: ItemModalities | None,
+    config: Config,
+    user_candidates: torch.Tensor,
+    item_candidates: torch.Tensor,
+) -> Phase:
+    """The graph, template connections and modality neighbours over `edges` (E_tr, or E_tr + E_new)."""
+    n_users, n_items = data.n_users, data.n_items
+    user_conn = item_conn = user_nbrs = item_nbrs = None
+    if templates is not None:
+        user_conn = connections(edges[0], edges[1], n_users, _padded(templates.item_map, n_items))
+        item_conn = connections(edges[1], edges[0], n_items, _padded(templates.user_map, n_users))
+    if config.aggregate and items is not None:
+        users = user_modalities(edges, n_users, items)
+        user_nbrs = neighbours(users, user_candidates, config.k_neighbours, config.w_text)
+        item_nbrs = neighbours(items, item_candidates, config.k_neighbours, config.w_text)
+    return Phase(
+        n_users, n_items, normalized_adjacency(edges, n_users, n_items), user_conn, item_conn, user_nbrs, item_nbrs
+    )
+
+
+class DomainModel(nn.Module):
+    """The learnable parameters of one domain: template embeddings and biases (or LightGCN's id table)."""
+
+    def __init__(self, data: DomainData, templates: Templates | None, config: Config) -> None:
+        super().__init__()
+        d = config.dim
+        self.templates = templates
+        self.n_users, self.n_items = data.n_users, data.n_items
+        if templates is None:
+            self.register_buffer("user_map", _seen_map(data.user_seen))
+            self.register_buffer("item_map", _seen_map(data.item_seen))
+            self.user_emb = nn.Parameter(torch.randn(int(data.user_seen.sum()), d) * 0.1)
+            self.item_emb = nn.Parameter(torch.randn(int(data.item_seen.sum()), d) * 0.1)
+        else:
+            self.user_templates = nn.Parameter(torch.randn(templates.n_users, d) * 0.1)
+            self.item_templates = nn.Parameter(torch.randn(templates.n_items, d) * 0.1)
+            self.user_bias = nn.Parameter(torch.randn(d) * 0.1)
+            self.item_bias = nn.Parameter(torch.randn(d) * 0.1)
+            shape = (d,) if config.se_weight == "diagonal" else (d, d)
+            self.se_weight = nn.Parameter(torch.ones(d) if len(shape) == 1 else torch.eye(d))
+
+    def initial(
+        self, phase: Phase, alpha: float, dropout: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_u, x_i before aggregation: Eq. 1-2 for template models, id embeddings (mean for unseen) otherwise."""
+        if self.templates is None:
+            return (
+                _with_mean(self.user_emb, self.user_map, phase.n_users),
+                _with_mean(self.item_emb, self.item_map, phase.n_items),
+            )
+        x_users = template_representation(
+            phase.user_conn, self.item_templates, self.user_bias, alpha, dropout, generator
+        )
+        x_items = template_representation(
+            phase.item_conn, self.user_templates, self.item_bias, alpha, dropout, generator
+        )
+        return x_users, x_items
+
+    def forward(
+        self, phase: Phase, layers: int, alpha: float, dropout: float = 0.0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final representations r_u, r_i: initial -> Eq. 5 aggregation (when the phase has neighbours) -> LightGCN."""
+        x_users, x_items = self.initial(phase, alpha, dropout, generator)
+        if phase.user_neighbours is not None:
+            x_users = aggregate(x_users, *phase.user_neighbours)
+        if phase.item_neighbours is not None:
+            x_items = aggregate(x_items, *phase.item_neighbours)
+        reps = propagate(torch.cat([x_users, x_items]), phase.adjacency, layers)
+        return reps[: phase.n_users], reps[phase.n_users :]
+
+
+def _padded(mapping: torch.Tensor, n: int) -> torch.Tensor:
+    """An index map extended with -1 (not a template / no parameter) for entities added after training."""
+    return torch.cat([mapping, mapping.new_full((n - len(mapping),), -1)])
+
+
+def _seen_map(seen: torch.Tensor) -> torch.Tensor:
+    """Index map entity -> embedding row for seen entities, -1 for unseen ones."""
+    mapping = torch.full((len(seen),), -1, dtype=torch.long)
+    mapping[seen] = torch.arange(int(seen.sum()))
+    return mapping
+
+
+def _with_mean(table: torch.Tensor, mapping: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of `table` for mapped entities, the mean trained row for the others (unseen, or added after training)."""
+    mapping = _padded(mapping, n)
+    mean = table.mean(dim=0, keepdim=True)
+    return torch.where((mapping >= 0).unsqueeze(1), table[mapping.clamp(min=0)], mean)
+
+
+class MICRec(nn.Module):
+    """Two domain models and the projectors f^A, f^B of the contrastive loss."""
+
+    def __init__(self, domains: tuple[DomainData, DomainData], config: Config) -> None:
+        super().__init__()
+        self.config = config
+        models = []
+        for data in domains:
+            templates = None
+            if config.model != "lightgcn":
+                templates = select_templates(
+                    data.edges["train"], data.user_seen, data.item_seen, config.template_ratio
+                )
+            models.append(DomainModel(data, templates, config))
+        self.domains = nn.ModuleList(models)
+        self.projectors = nn.ModuleList([Projector(config.dim), Projector(config.dim)])
+
+
+def alpha_at(epoch: int) -> float:
+    """INMO's schedule for the normalisation exponent: alpha = 1 - 0.99^epoch / 2 (0.5 -> 1.0)."""
+    return 1.0 - 0.5 * 0.99**epoch

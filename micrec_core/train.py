@@ -1,0 +1,320 @@
+"""Training (paper §4.3 joint loss, §5.1 protocol): Adam, 100 batches per epoch per domain, early stopping.
+
+One optimizer step = one BPR batch (and one SE batch) from each domain plus 64 sampled overlapping users for the
+contrastive term: L = (L_BPR^A + L_BPR^B) + beta (L_SE^A + L_SE^B) + gamma L_CL. A batch holds
+ceil(|E_tr| / batches_per_epoch) triples, so an epoch draws as many triples as there are training interactions.
+Validation NDCG@20 (seen users x seen items, E_tr masked) after every epoch; patience 50. When the domains are
+coupled (the contrastive term is on) one criterion, the mean over the two domains, decides; otherwise each domain
+is its own model (INMO, LightGCN, no-cd) and keeps its own best epoch. A checkpoint is written atomically after
+every epoch, and `resume` continues a killed run to the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from micrec_core.atomic import atomic_path
+from micrec_core.config import Config
+from micrec_core.dataset import PairData
+from micrec_core.losses import bpr_loss, contrastive_loss, se_loss
+from micrec_core.metrics import ranking_metrics, topk_items
+from micrec_core.model import ItemModalities, MICRec, Phase, alpha_at, build_phase
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class TripletSampler:
+    """Uniform (user, positive, negative) triples: a user with >= 1 edge, one of its items, a non-interacted one."""
+
+    def __init__(self, edges: torch.Tensor, n_items: int, negatives: torch.Tensor) -> None:
+        users, items = edges
+        order = torch.argsort(users * n_items + items)
+        users, items = users[order], items[order]
+        self.keys = users * n_items + items
+        self.items = items
+        self.n_items = n_items
+        self.users, counts = torch.unique_consecutive(users, return_counts=True)
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.negatives = negatives
+
+    def to(self, device: torch.device) -> TripletSampler:
+        """Move the index tensors to `device`."""
+        for name in ("keys", "items", "users", "counts", "starts", "negatives"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw n triples (negatives resampled until none is an interacted item)."""
+        device = self.keys.device
+        pick = torch.randint(len(self.users), (n,), generator=generator, device=device)
+        offset = (torch.rand(n, generator=generator, device=device) * self.counts[pick]).long()
+        users, positives = self.users[pick], self.items[self.starts[pick] + offset]
+        negatives = self._negatives(n, generator)
+        clash = self._interacted(users, negatives)
+        while bool(clash.any()):
+            negatives = torch.where(clash, self._negatives(n, generator), negatives)
+            clash = self._interacted(users, negatives)
+        return users, positives, negatives
+
+    def _negatives(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform draws from the negative pool."""
+        return self.negatives[torch.randint(len(self.negatives), (n,), generator=generator, device=self.keys.device)]
+
+    def _interacted(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Whether each (user, item) is an edge of the sampler."""
+        keys = users * self.n_items + items
+        at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.keys[at] == keys
+
+
+def item_modalities(dataset: Path, domain: str) -> ItemModalities:
+    """Load a domain's item features written by `micrec features`."""
+    from micrec_core.features import load_features  # the encoders' libraries load only for models that need them
+
+    feats = load_features(dataset, domain)
+    return ItemModalities(
+        torch.as_tensor(feats.text), torch.as_tensor(feats.text_mask),
+        torch.as_tensor(feats.image), torch.as_tensor(feats.image_mask),
+    )
+
+
+def ablate(feats: ItemModalities, config: Config) -> ItemModalities:
+    """Drop the modality an ablation removes (no-vis: images, no-txt: text) by clearing its mask."""
+    return ItemModalities(
+        feats.text, feats.text_mask & config.use_text, feats.image, feats.image_mask & config.use_image
+    )
+
+
+@dataclass
+class Setup:
+    """A model with the phases and samplers of one pair, ready to train or evaluate."""
+
+    config: Config
+    pair: PairData
+    device: torch.device
+    model: MICRec
+    train_phases: list[Phase]
+    bpr_samplers: list[TripletSampler]
+    se_samplers: list[TripletSampler | None]
+    batch_sizes: list[int]
+    tau: float
+    features: list[ItemModalities | None]
+
+
+def setup(pair: PairData, config: Config, features: list[ItemModalities] | None = None) -> Setup:
+    """Seed, build the model (templates from E_tr), the training phases and samplers.
+
+    Item features are read from the dataset (`micrec features`) unless given; only MICRec's aggregation uses them.
+    """
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    model = MICRec(pair.domains, config)
+    if not config.aggregate:
+        features = [None, None]
+    else:
+        features = [ablate(f, config) for f in features or [item_modalities(pair.path, d.name) for d in pair.domains]]
+    phases, bprs, ses, sizes = [], [], [], []
+    for data, domain_model, feats in zip(pair.domains, model.domains, features, strict=True):
+        train = data.edges["train"]
+        templates = domain_model.templates
+        phases.append(
+            build_phase(data, train, templates, feats, config, data.user_seen, data.item_seen).to(device)
+        )
+        bprs.append(TripletSampler(train, data.n_items, torch.nonzero(data.item_seen).flatten()).to(device))
+        sizes.append(math.ceil(train.shape[1] / config.batches_per_epoch))
+        if templates is None:
+            ses.append(None)
+            continue
+        tu, ti = templates.user_map[train[0]], templates.item_map[train[1]]
+        keep = (tu >= 0) & (ti >= 0)
+        template_edges = torch.stack([tu[keep], ti[keep]])
+        ses.append(TripletSampler(template_edges, templates.n_items, torch.arange(templates.n_items)).to(device))
+    return Setup(
+        config, pair, device, model.to(device), phases, bprs, ses, sizes, config.temperature(_names(pair)), features
+    )
+
+
+def _names(pair: PairData) -> tuple[str, str]:
+    """The two domain names."""
+    return pair.domains[0].name, pair.domains[1].name
+
+
+def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> float:
+    """One optimizer step on the joint loss L = sum BPR + beta sum SE + gamma L_CL."""
+    c = s.config
+    loss = torch.zeros((), device=s.device)
+    user_reps = []
+    for d, domain in enumerate(s.model.domains):
+        r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, generator)
+        users, pos, neg = s.bpr_samplers[d].sample(s.batch_sizes[d], generator)
+        loss = loss + bpr_loss(r_users[users], r_items[pos], r_items[neg])
+        if c.l2 > 0:
+            norms = r_users[users].pow(2).sum(-1) + r_items[pos].pow(2).sum(-1) + r_items[neg].pow(2).sum(-1)
+            loss = loss + c.l2 * norms.mean()
+        se = s.se_samplers[d]
+        if se is not None and c.beta_se > 0:
+            tu, ti, tj = se.sample(s.batch_sizes[d], generator)
+            loss = loss + c.beta_se * se_loss(
+                domain.user_templates[tu], domain.item_templates[ti], domain.item_templates[tj], domain.se_weight
+            )
+        user_reps.append(r_users)
+    if c.contrastive and len(s.pair.overlap) > 1:
+        overlap = s.pair.overlap.to(s.device)
+        chosen = overlap[torch.randperm(len(overlap), generator=generator, device=s.device)[: c.cl_users]]
+        za = s.model.projectors[0](user_reps[0][chosen[:, 0]])
+        zb = s.model.projectors[1](user_reps[1][chosen[:, 1]])
+        loss = loss + c.gamma_cl * contrastive_loss(za, zb, s.tau, c.cl_loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def validate(s: Setup, alpha: float) -> list[float]:
+    """Validation NDCG@val_n per domain: seen users ranked over seen items, E_tr masked, targets E_val."""
+    s.model.eval()
+    scores_out = []
+    for d, (data, domain) in enumerate(zip(s.pair.domains, s.model.domains, strict=True)):
+        r_users, r_items = domain(s.train_phases[d], s.config.layers, alpha)
+        scores = r_users @ r_items.T
+        scores[:, ~data.item_seen.to(s.device)] = -torch.inf
+        train = data.edges["train"].to(s.device)
+        top = topk_items(scores, train[0], train[1], s.config.val_n, inplace=True)
+        val = data.edges["val"].to(s.device)
+        result = ranking_metrics(top, val[0], val[1], data.n_items, ns=(s.config.val_n,))
+        scores_out.append(result[f"ndcg@{s.config.val_n}"])
+    s.model.train()
+    return scores_out
+
+
+def _groups(config: Config) -> list[list[int]]:
+    """Domains that share one early-stopping criterion: both when coupled by L_CL, else each alone."""
+    return [[0, 1]] if config.contrastive else [[0], [1]]
+
+
+def _params_of(model: MICRec, group: list[int], coupled: bool) -> dict[str, torch.Tensor]:
+    """A copy of the parameters that belong to a stopping group."""
+    prefixes = tuple(f"domains.{d}." for d in group) + (("projectors.",) if coupled else ())
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
+@dataclass
+class TrainState:
+    """Everything that must survive a restart: saved in every checkpoint."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: list[float] = field(default_factory=list)
+    best_epoch: list[int] = field(default_factory=list)
+    best_params: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    best_alpha: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def train(
+    s: Setup,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainState:
+    """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end."""
+    c = s.config
+    optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr)
+    generator = torch.Generator(device=s.device)
+    generator.manual_seed(c.seed)
+    groups = _groups(c)
+    state = TrainState(best_score=[-math.inf] * len(groups), best_epoch=[-1] * len(groups))
+    state.best_params = [{} for _ in groups]
+    state.best_alpha = [alpha_at(0)] * len(groups)
+    checkpoint = None if run_dir is None else Path(run_dir) / CHECKPOINT
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = _load_checkpoint(checkpoint, s, optimizer, generator)
+    s.model.train()
+    while state.epoch < c.max_epochs and not _exhausted(state, c.patience):
+        started = time.perf_counter()
+        alpha = alpha_at(state.epoch)
+        losses = [train_step(s, alpha, generator, optimizer) for _ in range(c.batches_per_epoch)]
+        val = validate(s, alpha)
+        for g, group in enumerate(groups):
+            score = sum(val[d] for d in group) / len(group)
+            if score > state.best_score[g]:
+                state.best_score[g], state.best_epoch[g] = score, state.epoch
+                state.best_params[g] = _params_of(s.model, group, len(groups) == 1)
+                state.best_alpha[g] = alpha
+        state.train_seconds += time.perf_counter() - started
+        record = {"epoch": state.epoch, "loss": sum(losses) / len(losses), "alpha": alpha,
+                  **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
+        state.history.append(record)
+        state.epoch += 1
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, s, optimizer, generator, state)
+        if on_epoch is not None:
+            on_epoch(record)
+    restore_best(s, state)
+    return state
+
+
+def _exhausted(state: TrainState, patience: int) -> bool:
+    """True once every stopping group has gone `patience` epochs without improving."""
+    return all(state.epoch - (best + 1) >= patience for best in state.best_epoch)
+
+
+def restore_best(s: Setup, state: TrainState) -> None:
+    """Load each stopping group's best parameters into the model."""
+    current = s.model.state_dict()
+    for params in state.best_params:
+        current.update(params)
+    s.model.load_state_dict(current)
+
+
+def domain_alphas(s: Setup, state: TrainState) -> list[float]:
+    """The alpha each domain's best epoch used (alpha is part of the learned representation)."""
+    groups = _groups(s.config)
+    return [state.best_alpha[next(g for g, group in enumerate(groups) if d in group)] for d in range(2)]
+
+
+def _save_checkpoint(
+    path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainState
+) -> None:
+    """Write model, optimizer, RNG and training state atomically."""
+    payload = {
+        "config": s.config.to_dict(),
+        "model": s.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "state": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(
+    path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> TrainState:
+    """Restore a checkpoint written by `_save_checkpoint`; the config must match the run's."""
+    payload = torch.load(path, map_location=s.device, weights_only=False)
+    saved = payload["config"]
+    differing = sorted(k for k, v in s.config.to_dict().items() if saved.get(k) != v and k != "max_epochs")
+    if differing:
+        raise ValueError(f"{path}: checkpoint was written with a different config ({', '.join(differing)})")
+    s.model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    return copy.deepcopy(payload["state"])

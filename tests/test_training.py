@@ -1,0 +1,210 @@
+"""Training: determinism, resume, no leakage, gradients, inductive inference, and the CLI's metrics.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from micrec_core.config import Config
+from micrec_core.dataset import PairData
+from micrec_core.inference import evaluate_test, recommend_new
+from micrec_core.model import ItemModalities
+from micrec_core.train import CHECKPOINT, TripletSampler, domain_alphas, setup, train, train_step
+from tests.conftest import random_features
+
+
+def quick(model: str = "micrec", **kw: object) -> Config:
+    """A config small enough to train in a second."""
+    values = {"model": model, "dim": 16, "max_epochs": 3, "batches_per_epoch": 5, "device": "cpu", "cl_users": 16}
+    values.update(kw)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def run(pair: PairData, config: Config, features: list[ItemModalities] | None = None, **kw: object):
+    """Train and evaluate; returns (setup, state, test metrics)."""
+    s = setup(pair, config, features if features is not None else random_features(pair))
+    state = train(s, **kw)  # type: ignore[arg-type]
+    return s, state, evaluate_test(s, domain_alphas(s, state))
+
+
+def test_sampler_never_returns_an_interacted_negative() -> None:
+    edges = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]])
+    sampler = TripletSampler(edges, 5, torch.arange(5))
+    users, pos, neg = sampler.sample(500, torch.Generator().manual_seed(0))
+    truth = {(0, 0), (0, 1), (0, 2), (1, 3)}
+    assert all((u, i) in truth for u, i in zip(users.tolist(), pos.tolist(), strict=True))
+    assert not any((u, j) in truth for u, j in zip(users.tolist(), neg.tolist(), strict=True))
+    assert set(neg[users == 0].tolist()) == {3, 4}
+
+
+@pytest.mark.parametrize("model", ["micrec", "inmo", "lightgcn"])
+def test_same_seed_same_metrics_on_cpu(tiny_pair: PairData, model: str) -> None:
+    _, state1, test1 = run(tiny_pair, quick(model))
+    _, state2, test2 = run(tiny_pair, quick(model))
+    assert test1 == test2
+    assert [h["loss"] for h in state1.history] == [h["loss"] for h in state2.history]
+    _, state3, _ = run(tiny_pair, quick(model, seed=1))
+    assert [h["loss"] for h in state1.history] != [h["loss"] for h in state3.history]
+
+
+class Killed(Exception):
+    """Raised from the epoch callback to simulate a killed run."""
+
+
+def test_resume_equals_uninterrupted(tiny_pair: PairData, tmp_path: Path) -> None:
+    config = quick(max_epochs=5)
+    _, full_state, full_test = run(tiny_pair, config, run_dir=tmp_path / "full")
+
+    def kill_after_two(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tiny_pair, config, run_dir=tmp_path / "killed", on_epoch=kill_after_two)
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)["state"].epoch == 2
+    _, resumed_state, resumed_test = run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True)
+    assert resumed_test == full_test
+    assert resumed_state.history == full_state.history
+
+
+def test_resume_rejects_a_different_config(tiny_pair: PairData, tmp_path: Path) -> None:
+    run(tiny_pair, quick(max_epochs=1), run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"different config.*lr"):
+        run(tiny_pair, quick(max_epochs=2, lr=0.01), run_dir=tmp_path, resume=True)
+
+
+def _perturbed(pair: PairData) -> PairData:
+    """The same pair with E_new, E_val and E_test replaced by other random edges."""
+    gen = torch.Generator().manual_seed(9)
+    domains = []
+    for data in pair.domains:
+        edges = dict(data.edges)
+        for split in ("new", "val", "test"):
+            n = edges[split].shape[1]
+            edges[split] = torch.stack(
+                [torch.randint(data.n_users, (n,), generator=gen), torch.randint(data.n_items, (n,), generator=gen)]
+            )
+        domains.append(replace(data, edges=edges))
+    return replace(pair, domains=tuple(domains))
+
+
+def _perturbed_unseen_features(pair: PairData, feats: list[ItemModalities]) -> list[ItemModalities]:
+    """Features where every unseen item's content is replaced."""
+    out = []
+    for data, f in zip(pair.domains, feats, strict=True):
+        unseen = ~data.item_seen
+        text, image = f.text.clone(), f.image.clone()
+        text[unseen] = torch.randn(int(unseen.sum()), text.shape[1])
+        image[unseen] = torch.randn(int(unseen.sum()), image.shape[1])
+        out.append(ItemModalities(text, f.text_mask | unseen, image, f.image_mask | unseen))
+    return out
+
+
+@pytest.mark.parametrize("model", ["micrec", "lightgcn"])
+def test_no_leakage_into_training(tiny_pair: PairData, tmp_path: Path, model: str) -> None:
+    """E_new / E_val / E_test edges and unseen items' content never change a trained parameter or a loss."""
+    config = quick(model, max_epochs=2, patience=100)
+    feats = random_features(tiny_pair)
+    _, state_a, _ = run(tiny_pair, config, feats, run_dir=tmp_path / "a")
+    _, state_b, _ = run(
+        _perturbed(tiny_pair), config, _perturbed_unseen_features(tiny_pair, feats), run_dir=tmp_path / "b"
+    )
+    assert [h["loss"] for h in state_a.history] == [h["loss"] for h in state_b.history]
+    params_a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=False)["model"]
+    params_b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["model"]
+    assert params_a.keys() == params_b.keys()
+    for key in params_a:
+        torch.testing.assert_close(params_a[key], params_b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("model", ["micrec", "inmo", "lightgcn"])
+def test_unseen_entities_have_no_parameter(tiny_pair: PairData, model: str) -> None:
+    s = setup(tiny_pair, quick(model), random_features(tiny_pair))
+    for data, domain in zip(tiny_pair.domains, s.model.domains, strict=True):
+        if model == "lightgcn":
+            assert domain.user_emb.shape[0] == int(data.user_seen.sum())
+            assert domain.item_emb.shape[0] == int(data.item_seen.sum())
+            assert (domain.user_map[~data.user_seen] == -1).all()
+        else:
+            assert (domain.templates.user_map[~data.user_seen] == -1).all()
+            assert (domain.templates.item_map[~data.item_seen] == -1).all()
+            assert domain.user_templates.shape[0] == int(data.user_seen.sum())  # template ratio 1.0
+
+
+@pytest.mark.parametrize(
+    ("model", "ablation", "projectors", "se"),
+    [("micrec", None, True, True), ("micrec", "no-cd", False, True), ("inmo", None, False, True),
+     ("lightgcn", None, False, False)],
+)
+def test_gradients_reach_exactly_the_right_parameters(
+    tiny_pair: PairData, model: str, ablation: str | None, projectors: bool, se: bool
+) -> None:
+    s = setup(tiny_pair, quick(model, ablation=ablation), random_features(tiny_pair))
+    optimizer = torch.optim.Adam(s.model.parameters())
+    train_step(s, 0.5, torch.Generator().manual_seed(0), optimizer)
+    grads = {name: p.grad for name, p in s.model.named_parameters()}
+    assert all((grads[n] is not None) == projectors for n in grads if n.startswith("projectors."))
+    for d in range(2):
+        if se:
+            assert grads[f"domains.{d}.se_weight"] is not None
+            assert grads[f"domains.{d}.user_templates"] is not None
+        else:
+            assert grads[f"domains.{d}.user_emb"] is not None
+
+
+def test_ablations_change_the_neighbours(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    full = setup(tiny_pair, quick(), feats).train_phases[0].item_neighbours
+    no_vis = setup(tiny_pair, quick(ablation="no-vis"), feats).train_phases[0].item_neighbours
+    no_mm = setup(tiny_pair, quick(ablation="no-mm"), feats).train_phases[0].item_neighbours
+    assert full is not None and no_vis is not None and no_mm is None
+    assert not torch.equal(full[0], no_vis[0])
+
+
+def test_training_neighbours_are_seen_and_never_self(tiny_pair: PairData) -> None:
+    s = setup(tiny_pair, quick(), random_features(tiny_pair))
+    for data, phase in zip(tiny_pair.domains, s.train_phases, strict=True):
+        for (idx, valid), seen in ((phase.user_neighbours, data.user_seen), (phase.item_neighbours, data.item_seen)):
+            rows = torch.arange(len(idx)).unsqueeze(1).expand_as(idx)
+            assert seen[idx[valid]].all()
+            assert not (idx[valid] == rows[valid]).any()
+
+
+def test_recommend_for_brand_new_user_and_item(tiny_pair: PairData) -> None:
+    s, state, _ = run(tiny_pair, quick())
+    alphas = domain_alphas(s, state)
+    name = tiny_pair.domains[0].name
+    history = tiny_pair.domains[0].item_ids[:3]
+    picks = recommend_new(s, name, alphas, items=history, n=5)
+    assert len(picks) == 5 and not set(history) & {item for item, _ in picks}
+    assert [score for _, score in picks] == sorted((score for _, score in picks), reverse=True)
+    users = tiny_pair.domains[0].user_ids[:4]
+    targets = recommend_new(s, name, alphas, users=users, n=3)
+    assert len(targets) == 3 and not set(users) & {u for u, _ in targets}
+    with pytest.raises(ValueError, match="unknown items"):
+        recommend_new(s, name, alphas, items=["nope"])
+
+
+def test_cli_train_writes_metrics(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from micrec_core.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(tiny_dataset), "--model", "inmo", "--max-epochs", "2", "--device", "cpu",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"model", "ablation", "dataset", "seed", "lr", "dim", "tau"} <= set(metrics["config"])
+    assert {"git_commit", "dataset_sha256", "device", "torch"} <= set(metrics["provenance"])
+    assert isinstance(metrics["best_epoch"], int) and metrics["train_seconds"] > 0
+    for groups in metrics["test"].values():
+        assert set(groups) == {"all", "seen_users", "unseen_users", "seen_items", "unseen_items", "low_degree_items"}
+        for n in (5, 10, 20, 50):  # N = 100 exceeds the tiny domains' item counts and is left out
+            assert "ndcg@100" not in groups["all"]
+            for metric in ("ndcg", "recall", "precision"):
+                value = groups["all"][f"{metric}@{n}"]
+                assert 0.0 <= value <= 1.0
+    assert (out / "model.pt").is_file() and (out / CHECKPOINT).is_file()
