@@ -85,6 +85,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print({"best_epoch": metrics["best_epoch"], "train_seconds": round(metrics["train_seconds"], 1), "test": summary})
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    """micrec reproduce."""
+    from micrec_core.reproduce import reproduce
+
+    raw = None if args.raw is None else Path(args.raw)
+    done = reproduce(raw, args.release, args.pair, args.seeds, args.device, Path(args.out), Path(args.data),
+                     args.max_epochs)
+    _print([str(p) for p in done])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="micrec", description=__doc__)
@@ -142,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    rerun = commands.add_parser("reproduce", help="execute the book's notebooks for one pair with papermill")
+    rerun.add_argument("--raw", default=None, help="raw release folder (default: the synthetic dataset)")
+    rerun.add_argument("--release", choices=RELEASES, default="2014")
+    rerun.add_argument("--pair", type=_pair, default=None)
+    rerun.add_argument("--seeds", type=int, default=1)
+    rerun.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    rerun.add_argument("--max-epochs", type=int, default=None, help="training epoch cap (default: the notebook's)")
+    rerun.add_argument("--out", default="runs", help="executed notebooks go to OUT/<pair>/")
+    rerun.add_argument("--data", default="data", help="where built datasets and caches go")
+    rerun.set_defaults(func=cmd_reproduce)
     return parser
 
 

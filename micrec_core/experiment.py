@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from micrec_core.atomic import atomic_path, write_json
 from micrec_core.config import Config
 from micrec_core.dataset import code_version, dataset_sha256, load_pair
-from micrec_core.inference import evaluate_test
+from micrec_core.inference import evaluate_test, most_popular
 from micrec_core.train import Setup, domain_alphas, setup, train
 
 log = logging.getLogger("micrec.experiment")
@@ -58,6 +58,7 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
         "alphas": alphas,
         "history": state.history,
         "test": evaluate_test(s, alphas),
+        "most_popular": {d.name: most_popular(d, config.eval_ns) for d in pair.domains},
     }
     with atomic_path(out / MODEL_FILE) as tmp:
         torch.save({"config": config.to_dict(), "model": s.model.state_dict(), "alphas": alphas}, tmp)
