@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
+import html
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -146,13 +147,16 @@ def _first(record: dict[str, Any], *keys: str) -> Any:
 
 
 def _as_text(value: Any) -> str | None:
-    """Flatten a string / list / nested list field into one string (lists joined by ' | ', nesting by ' > ')."""
+    """Flatten a string / list / nested list field into one string (lists joined by ' | ', nesting by ' > ').
+
+    HTML entities, which the released metadata carries (e.g. '&amp;'), are decoded.
+    """
     if value is None:
         return None
     if isinstance(value, str):
-        text = value.strip()
+        text = html.unescape(value).strip()
     elif isinstance(value, list | tuple):
-        parts = [" > ".join(map(str, v)) if isinstance(v, list | tuple) else str(v) for v in value]
+        parts = [html.unescape(" > ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)) for v in value]
         text = " | ".join(p.strip() for p in parts if p and p.strip())
     else:
         text = str(value).strip()

@@ -12,7 +12,11 @@ FOOD_KITCHEN = {"Grocery_and_Gourmet_Food", "Home_and_Kitchen"}
 
 @dataclass
 class Config:
-    """Hyperparameters (paper §5.1 implementation details; INMO's code where the paper is silent)."""
+    """Hyperparameters (paper §5.1 implementation details; INMO's code where the paper is silent).
+
+    se_weight: the SE loss's W; default the paper's full d x d matrix for MICRec, INMO's diagonal for INMO.
+    tau: contrastive temperature; default the paper's 0.2 for Food&Kitchen and 0.1 for other pairs.
+    """
 
     model: str = "micrec"
     ablation: str | None = None
@@ -28,7 +32,7 @@ class Config:
     gamma_cl: float = 1.0
     tau: float | None = None
     cl_loss: str = "paper"
-    se_weight: str = "full"
+    se_weight: str | None = None
     l2: float = 0.0
     lr: float = 1e-3
     max_epochs: int = 1000
@@ -46,6 +50,8 @@ class Config:
             raise ValueError(
                 f"--ablation must be one of {', '.join(ABLATIONS)} with --model micrec, got {self.ablation!r}"
             )
+        if self.se_weight is None:
+            self.se_weight = "diagonal" if self.model == "inmo" else "full"
         if self.se_weight not in ("full", "diagonal"):
             raise ValueError(f"se_weight must be 'full' or 'diagonal', got {self.se_weight!r}")
         if not 0.0 <= self.dropout < 1.0:

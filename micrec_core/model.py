@@ -62,6 +62,9 @@ def neighbours(
     feats: ItemModalities, candidates: torch.Tensor, k: int, w: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K most similar entities among `candidates` by the §4.2 similarity, never the entity itself."""
+    n = len(feats.text_mask)
+    if not (feats.text_mask.any() or feats.image_mask.any()):  # no usable modality at all: no neighbours
+        return torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k, dtype=torch.bool)
     sim = modality_similarity(
         feats.text, feats.text_mask, feats.image, feats.image_mask,
         feats.text, feats.text_mask, feats.image, feats.image_mask, w=w,

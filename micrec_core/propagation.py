@@ -2,7 +2,8 @@
 
     R = 1/(L+1) * sum_{l=0..L} Â^l X,   Â = D^{-1/2} A D^{-1/2}   over the bipartite user-item graph,
 
-with degrees clamped at 1 so isolated nodes (e.g. unseen entities during training) keep X and propagate nothing.
+with degrees clamped at 1, so an isolated node (e.g. an unseen entity during training) receives and sends nothing
+and ends with X / (L+1).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def test_2014_reviews_and_python_literal_meta(tmp_path: Path, gz: bool) -> None:
     meta = write_lines(
         tmp_path / "Beauty" / f"meta_Beauty{suffix}",
         [
-            repr({"asin": "A1", "title": "Rose soap", "categories": [["Beauty", "Bath"]], "imUrl": "http://x/a1.jpg"}),
+            repr({"asin": "A1", "title": "Rose &amp; soap", "categories": [["Beauty", "Bath"]], "imUrl": "http://x/a1.jpg"}),
             repr({"asin": "A2", "description": "It's a cream", "brand": "Acme"}),
         ],
         gz,
@@ -53,7 +53,7 @@ def test_2014_reviews_and_python_literal_meta(tmp_path: Path, gz: bool) -> None:
 
     items, meta_report = read_meta(meta, "2014")
     first, second = items.to_dict("records")
-    assert first["title"] == "Rose soap" and first["categories"] == "Beauty > Bath"
+    assert first["title"] == "Rose & soap" and first["categories"] == "Beauty > Bath"
     assert first["image_url"] == "http://x/a1.jpg"
     assert pd.isna(second["title"]) and second["description"] == "It's a cream" and second["brand"] == "Acme"
     assert meta_report.coverage["title"] == 0.5 and meta_report.coverage["image_url"] == 0.5

@@ -89,7 +89,7 @@ def test_lightgcn_propagation_by_hand() -> None:
     torch.testing.assert_close(out, (x + expected + expected @ expected) / 3)
 
 
-def test_isolated_nodes_keep_their_input() -> None:
+def test_isolated_nodes_end_with_their_input_over_layers_plus_one() -> None:
     adj = normalized_adjacency(torch.tensor([[0], [0]]), 2, 2)  # user 1 and item 1 isolated
     x = torch.randn(4, 3)
     out = propagate(x, adj, layers=3)
