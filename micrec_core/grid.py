@@ -1,0 +1,99 @@
+"""The reproduction grid: every variant x seed on one built pair, resumable, and its results as one table.
+
+Run folders are RUNS/<dataset folder name>/<variant>/seed<k>/ (metrics.json, model.pt, checkpoint.pt). A run whose
+metrics.json already holds the requested config on the same data is reused; a killed run resumes from its
+checkpoint. Notebooks read results through `collect`, so the book never retrains what a GPU session produced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from micrec_core.config import Config
+from micrec_core.dataset import dataset_sha256
+from micrec_core.experiment import run_experiment
+
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "micrec": ("micrec", None),
+    "no-mm": ("micrec", "no-mm"),
+    "no-cd": ("micrec", "no-cd"),
+    "no-vis": ("micrec", "no-vis"),
+    "no-txt": ("micrec", "no-txt"),
+    "inmo": ("inmo", None),
+    "lightgcn": ("lightgcn", None),
+}
+
+
+def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> Config:
+    """The Config of a named variant (micrec, an ablation, inmo, lightgcn)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    model, ablation = VARIANTS[variant]
+    return Config(model=model, ablation=ablation, dataset=str(Path(dataset).resolve()), seed=seed, **overrides)
+
+
+def run_dir(runs: Path, dataset: Path, variant: str, seed: int) -> Path:
+    """Where a variant's run for one seed lives."""
+    return Path(runs) / Path(dataset).resolve().name / variant / f"seed{seed}"
+
+
+def _finished(folder: Path, config: Config, data_hash: str) -> bool:
+    """Whether `folder` holds a finished run of this config (on any device) on this data."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return False
+    metrics = json.loads(path.read_text())
+    same = {k: v for k, v in metrics["config"].items() if k != "device"} == {
+        k: v for k, v in config.to_dict().items() if k != "device"
+    }
+    return same and metrics["provenance"]["dataset_sha256"] == data_hash
+
+
+def run_grid(
+    dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
+    **overrides: Any,
+) -> list[Path]:
+    """Train every (variant, seed) not already finished; returns the run folders."""
+    data_hash = dataset_sha256(dataset)
+    folders = []
+    for variant in variants:
+        for seed in seeds:
+            config = variant_config(variant, dataset, seed, **overrides)
+            folder = run_dir(runs, dataset, variant, seed)
+            if not _finished(folder, config, data_hash):
+                run_experiment(config, folder, resume=True, progress=progress)
+            folders.append(folder)
+    return folders
+
+
+def collect(runs: Path, dataset: Path) -> pd.DataFrame:
+    """Every finished run of a dataset as a long table: variant, seed, domain, group, metric, value (+ provenance)."""
+    rows = []
+    root = Path(runs) / Path(dataset).resolve().name
+    for path in sorted(root.glob("*/seed*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        base = {
+            "variant": path.parent.parent.name,
+            "seed": metrics["config"]["seed"],
+            "best_epoch": metrics["best_epoch"],
+            "epochs_run": metrics["epochs_run"],
+            "max_epochs": metrics["config"]["max_epochs"],
+            "train_seconds": metrics["train_seconds"],
+            "git_commit": metrics["provenance"]["git_commit"],
+            "dataset_sha256": metrics["provenance"]["dataset_sha256"],
+            "device": metrics["provenance"]["device"],
+        }
+        sources = {"model": metrics["test"], "most_popular": metrics["most_popular"]}
+        for source, results in sources.items():
+            for domain, groups in results.items():
+                for group, values in groups.items():
+                    for metric, value in values.items():
+                        if metric != "users":
+                            rows.append(base | {"source": source, "domain": domain, "group": group,
+                                                "metric": metric, "value": value})
+    return pd.DataFrame(rows)

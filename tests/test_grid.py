@@ -1,0 +1,32 @@
+"""The grid runner: trains what is missing, reuses finished runs, and collects one long table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from micrec_core.grid import collect, run_grid, variant_config
+
+
+def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folders = run_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path, **small)
+    assert [f.relative_to(tmp_path).as_posix() for f in folders] == [
+        "built/inmo/seed0", "built/inmo/seed1", "built/lightgcn/seed0", "built/lightgcn/seed1"
+    ]
+    stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in folders}
+    run_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path, **small)
+    assert stamps == {f: (f / "metrics.json").stat().st_mtime_ns for f in folders}
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **(small | {"max_epochs": 2}))
+    assert (folders[0] / "metrics.json").stat().st_mtime_ns != stamps[folders[0]]  # a changed config retrains
+    table = collect(tmp_path, tiny_dataset)
+    assert set(table["variant"]) == {"inmo", "lightgcn"} and set(table["seed"]) == {0, 1}
+    assert set(table["source"]) == {"model", "most_popular"}
+    assert {"all", "unseen_users", "low_degree_items"} <= set(table["group"])
+    assert table["value"].dropna().between(0, 1).all()
+
+
+def test_unknown_variant_is_named() -> None:
+    with pytest.raises(ValueError, match="variant must be one of"):
+        variant_config("bpr", Path("."), 0)
