@@ -70,6 +70,8 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """micrec train."""
+    import torch
+
     from micrec_core.config import Config
     from micrec_core.experiment import run_experiment
 
@@ -79,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         model=args.model, ablation=args.ablation, dataset=str(Path(args.dataset).resolve()), seed=args.seed,
         device=args.device, **overrides,
     )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     metrics = run_experiment(config, Path(args.out), resume=args.resume, progress=not args.quiet)
     test = metrics["test"]
     summary = {d: {k: v for k, v in groups["all"].items() if k.endswith("@20")} for d, groups in test.items()}
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint.pt")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy box)")
     train.set_defaults(func=cmd_train)
 
     rerun = commands.add_parser("reproduce", help="execute the book's notebooks for one pair with papermill")

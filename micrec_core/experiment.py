@@ -22,7 +22,10 @@ MODEL_FILE = "model.pt"
 
 def provenance(dataset: Path, device: torch.device) -> dict[str, Any]:
     """Where a result came from: code commit, data hash, device and library versions."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.machine()}, {torch.get_num_threads()} threads"
     return {
         "git_commit": code_version()["git_commit"],
         "dataset_sha256": dataset_sha256(dataset),

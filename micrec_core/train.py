@@ -23,7 +23,7 @@ import torch
 
 from micrec_core.atomic import atomic_path
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
+from micrec_core.dataset import PairData, code_version, dataset_sha256
 from micrec_core.losses import bpr_loss, contrastive_loss, se_loss
 from micrec_core.metrics import ranking_metrics, topk_items
 from micrec_core.model import ItemModalities, MICRec, Phase, alpha_at, build_phase
@@ -296,6 +296,7 @@ def _save_checkpoint(
     """Write model, optimizer, RNG and training state atomically."""
     payload = {
         "config": s.config.to_dict(),
+        "origin": _origin(s),
         "model": s.model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
@@ -305,15 +306,24 @@ def _save_checkpoint(
         torch.save(payload, tmp)
 
 
+def _origin(s: Setup) -> dict[str, str | None]:
+    """The data and code a checkpoint's weights come from: resuming across either would mix two runs."""
+    return {"dataset_sha256": dataset_sha256(s.pair.path), "git_commit": code_version()["git_commit"]}
+
+
 def _load_checkpoint(
     path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> TrainState:
-    """Restore a checkpoint written by `_save_checkpoint`; the config must match the run's."""
+    """Restore a checkpoint written by `_save_checkpoint`; config, data and code must match the run's."""
     payload = torch.load(path, map_location=s.device, weights_only=False)
     saved = payload["config"]
     differing = sorted(k for k, v in s.config.to_dict().items() if saved.get(k) != v and k != "max_epochs")
+    differing += sorted(k for k, v in _origin(s).items() if payload.get("origin", {}).get(k) != v)
     if differing:
-        raise ValueError(f"{path}: checkpoint was written with a different config ({', '.join(differing)})")
+        raise ValueError(
+            f"{path}: checkpoint was written with a different {', '.join(differing)}; "
+            "remove it or train into another folder"
+        )
     s.model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"])

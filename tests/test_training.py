@@ -71,10 +71,15 @@ def test_resume_equals_uninterrupted(tiny_pair: PairData, tmp_path: Path) -> Non
     assert resumed_state.history == full_state.history
 
 
-def test_resume_rejects_a_different_config(tiny_pair: PairData, tmp_path: Path) -> None:
+def test_resume_rejects_a_different_config_or_data(tiny_pair: PairData, tmp_path: Path) -> None:
     run(tiny_pair, quick(max_epochs=1), run_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"different config.*lr"):
+    with pytest.raises(ValueError, match=r"different lr;"):
         run(tiny_pair, quick(max_epochs=2, lr=0.01), run_dir=tmp_path, resume=True)
+    payload = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    payload["origin"]["dataset_sha256"] = "0" * 64
+    torch.save(payload, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match=r"different dataset_sha256;"):
+        run(tiny_pair, quick(max_epochs=2), run_dir=tmp_path, resume=True)
 
 
 def _perturbed(pair: PairData) -> PairData:
