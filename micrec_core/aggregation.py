@@ -17,5 +17,5 @@ def aggregate(x: torch.Tensor, neighbours: torch.Tensor, valid: torch.Tensor) ->
     k = neighbours.shape[1]
     if k == 0:
         return x
-    gathered = x[neighbours.clamp(min=0)] * valid.unsqueeze(-1)
-    return x + gathered.sum(dim=1) / k
+    rows = x.index_select(0, neighbours.clamp(min=0).flatten()).view(*neighbours.shape, -1)
+    return x + (rows * valid.unsqueeze(-1).to(x.dtype)).sum(dim=1) / k

@@ -94,5 +94,5 @@ def template_representation(
     values = values * count[rows].pow(-alpha)
     if dropout > 0.0:
         keep = torch.rand(values.shape, generator=generator, device=values.device) >= dropout
-        values = values * keep / (1.0 - dropout)
+        values = values * keep.to(values.dtype) / (1.0 - dropout)
     return conn.pattern.matmul(values, torch.cat([templates, bias.unsqueeze(0)]))

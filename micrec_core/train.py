@@ -163,22 +163,24 @@ def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: to
     for d, domain in enumerate(s.model.domains):
         r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, generator)
         users, pos, neg = s.bpr_samplers[d].sample(s.batch_sizes[d], generator)
-        loss = loss + bpr_loss(r_users[users], r_items[pos], r_items[neg])
+        ru, ri, rj = r_users.index_select(0, users), r_items.index_select(0, pos), r_items.index_select(0, neg)
+        loss = loss + bpr_loss(ru, ri, rj)
         if c.l2 > 0:
-            norms = r_users[users].pow(2).sum(-1) + r_items[pos].pow(2).sum(-1) + r_items[neg].pow(2).sum(-1)
-            loss = loss + c.l2 * norms.mean()
+            loss = loss + c.l2 * (ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1)).mean()
         se = s.se_samplers[d]
         if se is not None and c.beta_se > 0:
             tu, ti, tj = se.sample(s.batch_sizes[d], generator)
+            items = domain.item_templates
             loss = loss + c.beta_se * se_loss(
-                domain.user_templates[tu], domain.item_templates[ti], domain.item_templates[tj], domain.se_weight
+                domain.user_templates.index_select(0, tu), items.index_select(0, ti), items.index_select(0, tj),
+                domain.se_weight,
             )
         user_reps.append(r_users)
     if c.contrastive and len(s.pair.overlap) > 1:
         overlap = s.pair.overlap.to(s.device)
         chosen = overlap[torch.randperm(len(overlap), generator=generator, device=s.device)[: c.cl_users]]
-        za = s.model.projectors[0](user_reps[0][chosen[:, 0]])
-        zb = s.model.projectors[1](user_reps[1][chosen[:, 1]])
+        za = s.model.projectors[0](user_reps[0].index_select(0, chosen[:, 0]))
+        zb = s.model.projectors[1](user_reps[1].index_select(0, chosen[:, 1]))
         loss = loss + c.gamma_cl * contrastive_loss(za, zb, s.tau, c.cl_loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -236,7 +238,7 @@ def train(
 ) -> TrainState:
     """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end."""
     c = s.config
-    optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr)
+    optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr, fused=True)
     generator = torch.Generator(device=s.device)
     generator.manual_seed(c.seed)
     groups = _groups(c)
