@@ -26,7 +26,11 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "no-txt": ("micrec", "no-txt"),
     "inmo": ("inmo", None),
     "lightgcn": ("lightgcn", None),
+    "micrec-infonce": ("micrec", None),
 }
+# Variants that are not in the paper: the settings they change (the paper's contrastive denominator
+# excludes the positive pair; this variant uses standard InfoNCE instead).
+VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"micrec-infonce": {"cl_loss": "infonce"}}
 
 
 def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> Config:
@@ -34,7 +38,8 @@ def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     model, ablation = VARIANTS[variant]
-    return Config(model=model, ablation=ablation, dataset=str(Path(dataset).resolve()), seed=seed, **overrides)
+    settings = VARIANT_SETTINGS.get(variant, {}) | overrides
+    return Config(model=model, ablation=ablation, dataset=str(Path(dataset).resolve()), seed=seed, **settings)
 
 
 def run_dir(runs: Path, dataset: Path, variant: str, seed: int) -> Path:

@@ -27,6 +27,14 @@ def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Pa
     assert table["value"].dropna().between(0, 1).all()
 
 
+def test_variant_settings() -> None:
+    assert variant_config("micrec-infonce", Path("."), 0).cl_loss == "infonce"
+    assert variant_config("micrec", Path("."), 0).cl_loss == "paper"
+    assert variant_config("no-vis", Path("."), 3, max_epochs=5).to_dict() | {"dataset": ""} == {
+        **variant_config("micrec", Path("."), 3, max_epochs=5).to_dict(), "ablation": "no-vis", "dataset": ""
+    }
+
+
 def test_unknown_variant_is_named() -> None:
     with pytest.raises(ValueError, match="variant must be one of"):
         variant_config("bpr", Path("."), 0)
