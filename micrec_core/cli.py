@@ -89,6 +89,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     _print({"best_epoch": metrics["best_epoch"], "train_seconds": round(metrics["train_seconds"], 1), "test": summary})
 
 
+def cmd_grid(args: argparse.Namespace) -> None:
+    """micrec grid."""
+    from micrec_core.grid import run_grid
+
+    given = {"max_epochs": args.max_epochs}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    folders = run_grid(
+        Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
+        jobs=args.jobs, threads=args.threads, device=args.device, **overrides,
+    )
+    _print([str(f) for f in folders])
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
     from micrec_core.reproduce import reproduce
@@ -157,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy box)")
     train.set_defaults(func=cmd_train)
+
+    grid = commands.add_parser("grid", help="train every variant x seed on a dataset, reusing finished runs")
+    grid.add_argument("--dataset", required=True)
+    grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn")
+    grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
+    grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
+    grid.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    grid.add_argument("--max-epochs", type=int, default=None)
+    grid.add_argument("--quiet", action="store_true")
+    grid.set_defaults(func=cmd_grid)
 
     rerun = commands.add_parser("reproduce", help="execute the book's notebooks for one pair with papermill")
     rerun.add_argument("--raw", default=None, help="raw release folder (default: the synthetic dataset)")

@@ -8,16 +8,21 @@ checkpoint. Notebooks read results through `collect`, so the book never retrains
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
 from micrec_core.experiment import run_experiment
 
+log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "micrec": ("micrec", None),
     "no-mm": ("micrec", "no-mm"),
@@ -59,20 +64,43 @@ def _finished(folder: Path, config: Config, data_hash: str) -> bool:
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
+def _train_one(config: Config, folder: Path, threads: int | None) -> Path:
+    """Worker: train one run (in its own process when jobs > 1)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run_experiment(config, folder, resume=True, progress=False)
+    return folder
+
+
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
-    **overrides: Any,
+    jobs: int = 1, threads: int | None = None, **overrides: Any,
 ) -> list[Path]:
-    """Train every (variant, seed) not already finished; returns the run folders."""
+    """Train every (variant, seed) not already finished, `jobs` processes at a time; returns the run folders.
+
+    Several processes share one GPU well here: each run is small and bound by kernel launches, not arithmetic.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     data_hash = dataset_sha256(dataset)
-    folders = []
+    folders, todo = [], []
     for variant in variants:
         for seed in seeds:
             config = variant_config(variant, dataset, seed, **overrides)
             folder = run_dir(runs, dataset, variant, seed)
             if not _finished(folder, config, data_hash):
-                run_experiment(config, folder, resume=True, progress=progress)
+                todo.append((config, folder))
             folders.append(folder)
+    if jobs == 1:
+        for config, folder in todo:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            run_experiment(config, folder, resume=True, progress=progress)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            for done in as_completed([pool.submit(_train_one, c, f, threads) for c, f in todo]):
+                log.info("finished %s", done.result())
     return folders
 
 

@@ -27,6 +27,19 @@ def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Pa
     assert table["value"].dropna().between(0, 1).all()
 
 
+def test_parallel_jobs_match_sequential(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    run_grid(tiny_dataset, ["inmo", "lightgcn"], [0], tmp_path / "seq", **small)
+    run_grid(tiny_dataset, ["inmo", "lightgcn"], [0], tmp_path / "par", jobs=2, threads=1, **small)
+    seq, par = collect(tmp_path / "seq", tiny_dataset), collect(tmp_path / "par", tiny_dataset)
+    keys = ["variant", "seed", "source", "domain", "group", "metric"]
+    merged = seq.merge(par, on=keys, suffixes=("_seq", "_par"))
+    assert len(merged) == len(seq) == len(par) > 0
+    assert (merged["value_seq"].fillna(-1) == merged["value_par"].fillna(-1)).all()
+    with pytest.raises(ValueError, match="jobs"):
+        run_grid(tiny_dataset, ["inmo"], [0], tmp_path, jobs=0)
+
+
 def test_variant_settings() -> None:
     assert variant_config("micrec-infonce", Path("."), 0).cl_loss == "infonce"
     assert variant_config("micrec", Path("."), 0).cl_loss == "paper"
