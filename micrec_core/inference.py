@@ -19,24 +19,26 @@ from micrec_core.model import ItemModalities, Phase, build_phase
 from micrec_core.train import Setup
 
 
-def inference_phase(s: Setup, d: int, data: DomainData | None = None) -> Phase:
+def inference_phase(
+    s: Setup, d: int, data: DomainData | None = None, feats: ItemModalities | None = None
+) -> Phase:
     """The phase over E_tr + E_new with every user and item visible (optionally for an extended domain)."""
     data = data or s.pair.domains[d]
     edges = data.edges_of("train", "new")
     everyone_u = torch.ones(data.n_users, dtype=torch.bool)
     everyone_i = torch.ones(data.n_items, dtype=torch.bool)
-    feats = s.features[d] if s.features else None
+    feats = feats if feats is not None else s.features[d]
     phase = build_phase(data, edges, s.model.domains[d].templates, feats, s.config, everyone_u, everyone_i)
     return phase.to(s.device)
 
 
 @torch.no_grad()
 def representations(
-    s: Setup, d: int, alpha: float, data: DomainData | None = None
+    s: Setup, d: int, alpha: float, data: DomainData | None = None, feats: ItemModalities | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """r_u, r_i of every user and item of domain d at inference."""
     s.model.eval()
-    return s.model.domains[d](inference_phase(s, d, data), s.config.layers, alpha)
+    return s.model.domains[d](inference_phase(s, d, data, feats), s.config.layers, alpha)
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +104,9 @@ def _extend_features(feats: ItemModalities | None) -> ItemModalities | None:
     """Item features with one featureless row appended (a brand-new item has no encoded content here)."""
     if feats is None:
         return None
-    pad = lambda t: torch.cat([t, torch.zeros(1, *t.shape[1:], dtype=t.dtype)])  # noqa: E731
-    return ItemModalities(pad(feats.text), pad(feats.text_mask), pad(feats.image), pad(feats.image_mask))
+    padded = [torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (feats.text, feats.text_mask, feats.image,
+                                                                        feats.image_mask)]
+    return ItemModalities(*padded)
 
 
 @torch.no_grad()
@@ -119,13 +122,8 @@ def recommend_new(
         raise ValueError(f"domain must be one of {names}, got {domain!r}")
     d = names.index(domain)
     data = _extend(s.pair.domains[d], "user" if items is not None else "item", items or users or [])
-    saved = s.features
-    if items is None and saved:
-        s.features = [(_extend_features(f) if k == d else f) for k, f in enumerate(saved)]
-    try:
-        r_users, r_items = representations(s, d, alphas[d], data)
-    finally:
-        s.features = saved
+    feats = _extend_features(s.features[d]) if items is None else None
+    r_users, r_items = representations(s, d, alphas[d], data, feats)
     if items is not None:
         scores, ids, exclude = r_items @ r_users[-1], data.item_ids, set(items)
     else:

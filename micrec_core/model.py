@@ -50,12 +50,19 @@ class Phase:
 
     def to(self, device: torch.device) -> Phase:
         """A copy on `device`."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        pair = lambda p: None if p is None else (p[0].to(device), p[1].to(device))  # noqa: E731
         return Phase(
-            self.n_users, self.n_items, move(self.adjacency), move(self.user_conn), move(self.item_conn),
-            pair(self.user_neighbours), pair(self.item_neighbours),
+            self.n_users, self.n_items, self.adjacency.to(device),
+            None if self.user_conn is None else self.user_conn.to(device),
+            None if self.item_conn is None else self.item_conn.to(device),
+            _pair_to(self.user_neighbours, device), _pair_to(self.item_neighbours, device),
         )
+
+
+def _pair_to(
+    pair: tuple[torch.Tensor, torch.Tensor] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A (neighbour indices, validity) pair on `device`."""
+    return None if pair is None else (pair[0].to(device), pair[1].to(device))
 
 
 def neighbours(
