@@ -36,6 +36,16 @@ def _check_index_vector(name: str, t: Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device}, expected {device}")
 
 
+def _check_pairs(prefix: str, users: Tensor, items: Tensor, device: torch.device) -> None:
+    """Require `<prefix>_users` and `<prefix>_items` to be index vectors of equal length on `device`."""
+    _check_index_vector(f"{prefix}_users", users, device)
+    _check_index_vector(f"{prefix}_items", items, device)
+    if users.shape != items.shape:
+        raise ValueError(
+            f"{prefix}_users and {prefix}_items must have the same length, got {users.numel()} and {items.numel()}"
+        )
+
+
 def _check_mask(name: str, t: Tensor, length: int, device: torch.device) -> None:
     """Require `t` to be a 1-D bool tensor of `length` entries on `device`."""
     if not isinstance(t, Tensor) or t.dtype != torch.bool or t.shape != (length,):
@@ -86,13 +96,7 @@ def topk_items(
     n_users, n_items = scores.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_items:
         raise ValueError(f"k must be an int in [1, {n_items}] (the number of items), got {k!r}")
-    _check_index_vector("exclude_users", exclude_users, scores.device)
-    _check_index_vector("exclude_items", exclude_items, scores.device)
-    if exclude_users.shape != exclude_items.shape:
-        raise ValueError(
-            f"exclude_users and exclude_items must have the same length, "
-            f"got {exclude_users.numel()} and {exclude_items.numel()}"
-        )
+    _check_pairs("exclude", exclude_users, exclude_items, scores.device)
     _check_range([("exclude_users", exclude_users, n_users), ("exclude_items", exclude_items, n_items)])
     masked = scores if inplace else scores.clone()
     masked[exclude_users.long(), exclude_items.long()] = float("-inf")
@@ -169,13 +173,7 @@ def _check_top(top: Tensor, target_users: Tensor, target_items: Tensor, n_items:
         raise ValueError(f"top must be a 2-D int64/int32 tensor of item indices, got {_describe(top)}")
     if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
         raise ValueError(f"n_items must be a positive int, got {n_items!r}")
-    _check_index_vector("target_users", target_users, top.device)
-    _check_index_vector("target_items", target_items, top.device)
-    if target_users.shape != target_items.shape:
-        raise ValueError(
-            f"target_users and target_items must have the same length, "
-            f"got {target_users.numel()} and {target_items.numel()}"
-        )
+    _check_pairs("target", target_users, target_items, top.device)
 
 
 def ranking_metrics(
