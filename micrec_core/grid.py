@@ -53,13 +53,18 @@ def run_dir(runs: Path, dataset: Path, variant: str, seed: int) -> Path:
 
 
 def _finished(folder: Path, config: Config, data_hash: str) -> bool:
-    """Whether `folder` holds a finished run of this config (on any device) on this data."""
+    """Whether `folder` holds a finished run of this config on this data, trained on any machine.
+
+    The device and the dataset's path are not compared (a GPU machine has other paths); the data's identity is
+    its sha256.
+    """
     path = folder / "metrics.json"
     if not path.is_file():
         return False
     metrics = json.loads(path.read_text())
-    same = {k: v for k, v in metrics["config"].items() if k != "device"} == {
-        k: v for k, v in config.to_dict().items() if k != "device"
+    machine = {"device", "dataset"}
+    same = {k: v for k, v in metrics["config"].items() if k not in machine} == {
+        k: v for k, v in config.to_dict().items() if k not in machine
     }
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 

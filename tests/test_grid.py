@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Pa
     stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in folders}
     run_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path, **small)
     assert stamps == {f: (f / "metrics.json").stat().st_mtime_ns for f in folders}
+    moved = folders[1] / "metrics.json"  # as if trained on another machine: other paths, other device
+    saved = json.loads(moved.read_text())
+    saved["config"] |= {"dataset": "/elsewhere/built", "device": "cuda"}
+    moved.write_text(json.dumps(saved))
+    stamp = moved.stat().st_mtime_ns
+    run_grid(tiny_dataset, ["inmo"], [1], tmp_path, **small)
+    assert moved.stat().st_mtime_ns == stamp
     run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **(small | {"max_epochs": 2}))
     assert (folders[0] / "metrics.json").stat().st_mtime_ns != stamps[folders[0]]  # a changed config retrains
     table = collect(tmp_path, tiny_dataset)
