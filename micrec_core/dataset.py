@@ -31,6 +31,7 @@ import torch
 from micrec_core import __version__
 from micrec_core.amazon import find_file, image_dir, read_meta, read_reviews
 from micrec_core.atomic import atomic_path, sha256_file, write_json
+from micrec_core.synth import DOMAINS, synthesize
 
 log = logging.getLogger("micrec.dataset")
 SPLITS = ("train", "new", "val", "test")
@@ -370,8 +371,6 @@ def ensure_built(
 
     A build is reused only when its manifest records the same raw folder, pair, release and parameters.
     """
-    from micrec_core.synth import DOMAINS, synthesize
-
     out, params = Path(out), params or SplitParams()
     if raw is None:
         raw = out.parent / f"{out.name}_raw"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from micrec_core.dataset import code_version, dataset_sha256, load_pair
 from micrec_core.inference import evaluate_test, most_popular
 from micrec_core.train import Setup, domain_alphas, setup, train
 
-log = logging.getLogger("micrec.experiment")
 MODEL_FILE = "model.pt"
 
 

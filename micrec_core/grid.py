@@ -97,9 +97,9 @@ def run_grid(
                 todo.append((config, folder))
             folders.append(folder)
     if jobs == 1:
+        if threads is not None:
+            torch.set_num_threads(threads)
         for config, folder in todo:
-            if threads is not None:
-                torch.set_num_threads(threads)
             run_experiment(config, folder, resume=True, progress=progress)
     else:
         context = multiprocessing.get_context("spawn")

@@ -46,6 +46,11 @@ def _finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
 
 
+def observed_degree(data: DomainData) -> torch.Tensor:
+    """Each item's number of observed interactions at inference, |E_tr + E_new| per item."""
+    return torch.bincount(data.edges_of("train", "new")[1], minlength=data.n_items)
+
+
 def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[str, dict[str, Any]]:
     """Rank all items by `scores` [U, I] with E_tr, E_new and E_val masked; metrics on E_test for every group.
 
@@ -55,10 +60,9 @@ def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[
     known = data.edges_of("train", "new", "val").to(device)
     top = topk_items(scores, known[0], known[1], min(max(ns), data.n_items), inplace=True)
     test = data.edges["test"].to(device)
-    degree = torch.bincount(data.edges_of("train", "new")[1], minlength=data.n_items)
     groups = group_metrics(
         top, test[0], test[1], data.n_items, [n for n in ns if n <= top.shape[1]],
-        data.user_seen.to(device), data.item_seen.to(device), low_degree_mask(degree).to(device),
+        data.user_seen.to(device), data.item_seen.to(device), low_degree_mask(observed_degree(data)).to(device),
     )
     return {group: _finite(values) for group, values in groups.items()}
 
@@ -75,7 +79,7 @@ def evaluate_test(s: Setup, alphas: list[float]) -> dict[str, dict[str, dict[str
 
 def most_popular(data: DomainData, ns: list[int]) -> dict[str, dict[str, Any]]:
     """The most-popular baseline: every user gets items ranked by their E_tr + E_new frequency."""
-    degree = torch.bincount(data.edges_of("train", "new")[1], minlength=data.n_items).float()
+    degree = observed_degree(data).float()
     return test_metrics(data, degree.expand(data.n_users, -1).clone(), ns)
 
 

@@ -117,7 +117,6 @@ class DomainModel(nn.Module):
         super().__init__()
         d = config.dim
         self.templates = templates
-        self.n_users, self.n_items = data.n_users, data.n_items
         if templates is None:
             self.register_buffer("user_map", _seen_map(data.user_seen))
             self.register_buffer("item_map", _seen_map(data.item_seen))
@@ -128,8 +127,7 @@ class DomainModel(nn.Module):
             self.item_templates = nn.Parameter(torch.randn(templates.n_items, d) * 0.1)
             self.user_bias = nn.Parameter(torch.randn(d) * 0.1)
             self.item_bias = nn.Parameter(torch.randn(d) * 0.1)
-            shape = (d,) if config.se_weight == "diagonal" else (d, d)
-            self.se_weight = nn.Parameter(torch.ones(d) if len(shape) == 1 else torch.eye(d))
+            self.se_weight = nn.Parameter(torch.ones(d) if config.se_weight == "diagonal" else torch.eye(d))
 
     def initial(
         self, phase: Phase, alpha: float, dropout: float, generator: torch.Generator | None

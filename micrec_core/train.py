@@ -115,6 +115,7 @@ class Setup:
     batch_sizes: list[int]
     tau: float
     features: list[ItemModalities | None]
+    overlap: torch.Tensor
 
 
 def setup(pair: PairData, config: Config, features: list[ItemModalities] | None = None) -> Setup:
@@ -145,14 +146,10 @@ def setup(pair: PairData, config: Config, features: list[ItemModalities] | None 
         keep = (tu >= 0) & (ti >= 0)
         template_edges = torch.stack([tu[keep], ti[keep]])
         ses.append(TripletSampler(template_edges, templates.n_items, torch.arange(templates.n_items)).to(device))
+    tau = config.temperature((pair.domains[0].name, pair.domains[1].name))
     return Setup(
-        config, pair, device, model.to(device), phases, bprs, ses, sizes, config.temperature(_names(pair)), features
+        config, pair, device, model.to(device), phases, bprs, ses, sizes, tau, features, pair.overlap.to(device)
     )
-
-
-def _names(pair: PairData) -> tuple[str, str]:
-    """The two domain names."""
-    return pair.domains[0].name, pair.domains[1].name
 
 
 def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> float:
@@ -176,9 +173,8 @@ def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: to
                 domain.se_weight,
             )
         user_reps.append(r_users)
-    if c.contrastive and len(s.pair.overlap) > 1:
-        overlap = s.pair.overlap.to(s.device)
-        chosen = overlap[torch.randperm(len(overlap), generator=generator, device=s.device)[: c.cl_users]]
+    if c.contrastive and len(s.overlap) > 1:
+        chosen = s.overlap[torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]]
         za = s.model.projectors[0](user_reps[0].index_select(0, chosen[:, 0]))
         zb = s.model.projectors[1](user_reps[1].index_select(0, chosen[:, 1]))
         loss = loss + c.gamma_cl * contrastive_loss(za, zb, s.tau, c.cl_loss)
