@@ -1,7 +1,10 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-Prints one line per model; a figure, not a test.
+       [--together K]
+With --together K, K seeds train as one union graph (`micrec_core.batched`); steps/s then counts the optimizer
+steps of all K runs (K per union step), the figure to compare with the plain path's. Prints one line per model;
+a figure, not a test.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from micrec_core.batched import Together
 from micrec_core.config import Config
 from micrec_core.dataset import load_pair
 from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
-from micrec_core.train import setup, train_step, validate
+from micrec_core.train import setup, start_run, train_step, validate
 
 
 def sync(device: torch.device) -> None:
@@ -33,20 +37,32 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(dataset: Path, model: str, device: str, epochs: int) -> dict[str, float]:
-    """Time `epochs` epochs of training (after one warm-up epoch), one validation and one test evaluation."""
-    config = Config(model=model, dataset=str(dataset), device=device)
+def bench(dataset: Path, model: str, device: str, epochs: int, together: int = 0) -> dict[str, float]:
+    """Time `epochs` epochs of training (after one warm-up epoch), one validation and one test evaluation.
+
+    together = 0: the plain path (`train_step`); K >= 1: K seeds as one union graph (`Together.step`).
+    """
     pair = load_pair(dataset)
-    s = setup(pair, config)
-    optimizer = torch.optim.Adam(s.model.parameters(), lr=config.lr)
-    generator = torch.Generator(device=s.device).manual_seed(0)
+    configs = [Config(model=model, dataset=str(dataset), device=device, seed=k) for k in range(max(together, 1))]
+    setups = [setup(pair, config) for config in configs]
+    s, config = setups[0], configs[0]
+    if together:
+        union = Together.of([start_run(x, None, False, None) for x in setups])
+
+        def step(alpha: float) -> None:
+            union.step(alpha)
+    else:
+        run = start_run(s, None, False, None)
+
+        def step(alpha: float) -> None:
+            train_step(s, alpha, run.generator, run.optimizer)
     for _ in range(config.batches_per_epoch):
-        train_step(s, alpha_at(0), generator, optimizer)
+        step(alpha_at(0))
     sync(s.device)
     started = time.perf_counter()
     for epoch in range(epochs):
         for _ in range(config.batches_per_epoch):
-            train_step(s, alpha_at(epoch), generator, optimizer)
+            step(alpha_at(epoch))
     sync(s.device)
     epoch_s = (time.perf_counter() - started) / epochs
     started = time.perf_counter()
@@ -58,7 +74,7 @@ def bench(dataset: Path, model: str, device: str, epochs: int) -> dict[str, floa
     sync(s.device)
     test_s = time.perf_counter() - started
     return {
-        "steps_per_s": config.batches_per_epoch / epoch_s,
+        "steps_per_s": len(setups) * config.batches_per_epoch / epoch_s,
         "epoch_s": epoch_s,
         "validate_s": val_s,
         "inference_eval_s": test_s,
@@ -73,10 +89,12 @@ def main() -> None:
     parser.add_argument("--models", default="micrec,inmo,lightgcn")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--together", type=int, default=0, help="K seeds as one union graph (0: plain path)")
     args = parser.parse_args()
-    print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"together={args.together}")
     for model in args.models.split(","):
-        figures = bench(args.dataset, model, args.device, args.epochs)
+        figures = bench(args.dataset, model, args.device, args.epochs, args.together)
         print(model.ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 

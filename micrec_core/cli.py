@@ -97,7 +97,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in given.items() if v is not None}
     folders = run_grid(
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
-        jobs=args.jobs, threads=args.threads, device=args.device, **overrides,
+        jobs=args.jobs, threads=args.threads, together=not args.alone, device=args.device, **overrides,
     )
     _print([str(f) for f in folders])
 
@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn")
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
-    grid.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    grid.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
+    grid.add_argument("--alone", action="store_true",
+                      help="train each seed on its own instead of a variant's seeds as one union graph")
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     grid.add_argument("--max-epochs", type=int, default=None)

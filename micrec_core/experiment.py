@@ -10,10 +10,11 @@ import torch
 from tqdm.auto import tqdm
 
 from micrec_core.atomic import atomic_path, write_json
+from micrec_core.batched import train_together
 from micrec_core.config import Config
 from micrec_core.dataset import code_version, dataset_sha256, load_pair
 from micrec_core.inference import evaluate_test, most_popular
-from micrec_core.train import Setup, domain_alphas, setup, train
+from micrec_core.train import Setup, TrainState, domain_alphas, setup, train
 
 MODEL_FILE = "model.pt"
 
@@ -39,8 +40,7 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
     pair = load_pair(Path(config.dataset))
     s = setup(pair, config)
     write_json(out / "config.json", config.to_dict())
-    bar = tqdm(total=config.max_epochs, desc=f"{config.model}{'/' + config.ablation if config.ablation else ''}",
-               disable=not progress)
+    bar = tqdm(total=config.max_epochs, desc=_label(config), disable=not progress)
 
     def on_epoch(record: dict[str, Any]) -> None:
         bar.update(1)
@@ -48,10 +48,35 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
 
     state = train(s, out, resume=resume, on_epoch=on_epoch)
     bar.close()
+    return _write_results(s, state, out, together=1)
+
+
+def run_together(configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True) -> None:
+    """`run_experiment` for runs that differ only in seed, trained as one union graph (`micrec_core.batched`)."""
+    pair = load_pair(Path(configs[0].dataset))
+    setups = [setup(pair, config) for config in configs]
+    for config, out in zip(configs, outs, strict=True):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "config.json", config.to_dict())
+    bar = tqdm(desc=f"{_label(configs[0])} x {len(configs)} seeds", unit="epoch", disable=not progress)
+    states = train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(k == 0))
+    bar.close()
+    for s, state, out in zip(setups, states, outs, strict=True):
+        _write_results(s, state, Path(out), together=len(configs))
+
+
+def _label(config: Config) -> str:
+    """model or model/ablation."""
+    return f"{config.model}{'/' + config.ablation if config.ablation else ''}"
+
+
+def _write_results(s: Setup, state: TrainState, out: Path, together: int) -> dict[str, Any]:
+    """Evaluate a trained run on E_test and write OUT/metrics.json and OUT/model.pt."""
+    config = s.config
     alphas = domain_alphas(s, state)
     metrics = {
         "config": config.to_dict(),
-        "provenance": provenance(pair.path, s.device),
+        "provenance": provenance(s.pair.path, s.device) | {"trained_together": together},
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
         "epochs_run": state.epoch,
@@ -59,7 +84,7 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
         "alphas": alphas,
         "history": state.history,
         "test": evaluate_test(s, alphas),
-        "most_popular": {d.name: most_popular(d, config.eval_ns) for d in pair.domains},
+        "most_popular": {d.name: most_popular(d, config.eval_ns) for d in s.pair.domains},
     }
     with atomic_path(out / MODEL_FILE) as tmp:
         torch.save({"config": config.to_dict(), "model": s.model.state_dict(), "alphas": alphas}, tmp)

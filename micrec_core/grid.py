@@ -20,7 +20,7 @@ import torch
 
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
-from micrec_core.experiment import run_experiment
+from micrec_core.experiment import run_experiment, run_together
 
 log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -69,43 +69,53 @@ def _finished(folder: Path, config: Config, data_hash: str) -> bool:
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
-def _train_one(config: Config, folder: Path, threads: int | None) -> Path:
-    """Worker: train one run (in its own process when jobs > 1)."""
+def _train_cell(configs: list[Config], folders: list[Path], threads: int | None, together: bool,
+                progress: bool = False) -> list[Path]:
+    """Worker: train one grid cell (a variant's unfinished seeds), as one union graph or one run after another."""
     if threads is not None:
         torch.set_num_threads(threads)
-    run_experiment(config, folder, resume=True, progress=False)
-    return folder
+    if together and len(configs) > 1:
+        run_together(configs, folders, resume=True, progress=progress)
+    else:
+        for config, folder in zip(configs, folders, strict=True):
+            run_experiment(config, folder, resume=True, progress=progress)
+    return folders
 
 
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
-    jobs: int = 1, threads: int | None = None, **overrides: Any,
+    jobs: int = 1, threads: int | None = None, together: bool = True, **overrides: Any,
 ) -> list[Path]:
-    """Train every (variant, seed) not already finished, `jobs` processes at a time; returns the run folders.
+    """Train every (variant, seed) not already finished; returns the run folders.
 
-    Several processes share one GPU well here: each run is small and bound by kernel launches, not arithmetic.
+    together: a variant's unfinished seeds train as one union graph (`micrec_core.batched`, the same function as
+    alone, tested); jobs: variants trained at once, one process each (several processes share a GPU well, each
+    run being small and launch-bound).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     data_hash = dataset_sha256(dataset)
-    folders, todo = [], []
+    seeds = list(seeds)
+    folders, cells = [], []
     for variant in variants:
+        todo = []
         for seed in seeds:
             config = variant_config(variant, dataset, seed, **overrides)
             folder = run_dir(runs, dataset, variant, seed)
             if not _finished(folder, config, data_hash):
                 todo.append((config, folder))
             folders.append(folder)
+        if todo:
+            cells.append(([c for c, _ in todo], [f for _, f in todo]))
     if jobs == 1:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        for config, folder in todo:
-            run_experiment(config, folder, resume=True, progress=progress)
+        for configs, cell_folders in cells:
+            _train_cell(configs, cell_folders, threads, together, progress)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            for done in as_completed([pool.submit(_train_one, c, f, threads) for c, f in todo]):
-                log.info("finished %s", done.result())
+            submitted = [pool.submit(_train_cell, c, f, threads, together) for c, f in cells]
+            for done in as_completed(submitted):
+                log.info("finished %s", ", ".join(str(f) for f in done.result()))
     return folders
 
 

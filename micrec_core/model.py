@@ -23,7 +23,7 @@ from micrec_core.losses import Projector
 from micrec_core.propagation import normalized_adjacency, propagate
 from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
 from micrec_core.sparse import SparseMatrix
-from micrec_core.templates import Templates, connections, select_templates, template_representation
+from micrec_core.templates import Templates, connections, edge_keep, select_templates, template_representation
 
 
 @dataclass
@@ -129,8 +129,16 @@ class DomainModel(nn.Module):
             self.item_bias = nn.Parameter(torch.randn(d) * 0.1)
             self.se_weight = nn.Parameter(torch.ones(d) if config.se_weight == "diagonal" else torch.eye(d))
 
+    def dropout_masks(
+        self, phase: Phase, dropout: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Edge-dropout masks of C_users then C_items for one training step (none for id-embedding models)."""
+        if self.templates is None:
+            return None, None
+        return edge_keep(phase.user_conn, dropout, generator), edge_keep(phase.item_conn, dropout, generator)
+
     def initial(
-        self, phase: Phase, alpha: float, dropout: float, generator: torch.Generator | None
+        self, phase: Phase, alpha: float, dropout: float = 0.0, keeps: tuple[torch.Tensor | None, ...] = (None, None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_u, x_i before aggregation: Eq. 1-2 for template models, id embeddings (mean for unseen) otherwise."""
         if self.templates is None:
@@ -138,25 +146,30 @@ class DomainModel(nn.Module):
                 _with_mean(self.user_emb, self.user_map, phase.n_users),
                 _with_mean(self.item_emb, self.item_map, phase.n_items),
             )
-        x_users = template_representation(
-            phase.user_conn, self.item_templates, self.user_bias, alpha, dropout, generator
+        return (
+            template_representation(phase.user_conn, self.item_templates, self.user_bias, alpha, dropout, keeps[0]),
+            template_representation(phase.item_conn, self.user_templates, self.item_bias, alpha, dropout, keeps[1]),
         )
-        x_items = template_representation(
-            phase.item_conn, self.user_templates, self.item_bias, alpha, dropout, generator
-        )
-        return x_users, x_items
 
     def forward(
-        self, phase: Phase, layers: int, alpha: float, dropout: float = 0.0, generator: torch.Generator | None = None
+        self, phase: Phase, layers: int, alpha: float, dropout: float = 0.0,
+        keeps: tuple[torch.Tensor | None, ...] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Final representations r_u, r_i: initial -> Eq. 5 aggregation (when the phase has neighbours) -> LightGCN."""
-        x_users, x_items = self.initial(phase, alpha, dropout, generator)
-        if phase.user_neighbours is not None:
-            x_users = aggregate(x_users, *phase.user_neighbours)
-        if phase.item_neighbours is not None:
-            x_items = aggregate(x_items, *phase.item_neighbours)
-        reps = propagate(torch.cat([x_users, x_items]), phase.adjacency, layers)
-        return reps[: phase.n_users], reps[phase.n_users :]
+        x_users, x_items = self.initial(phase, alpha, dropout, keeps)
+        return finish(phase, x_users, x_items, layers)
+
+
+def finish(
+    phase: Phase, x_users: torch.Tensor, x_items: torch.Tensor, layers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From x_u, x_i: Eq. 5 aggregation (when the phase has neighbours), then LightGCN propagation."""
+    if phase.user_neighbours is not None:
+        x_users = aggregate(x_users, *phase.user_neighbours)
+    if phase.item_neighbours is not None:
+        x_items = aggregate(x_items, *phase.item_neighbours)
+    reps = propagate(torch.cat([x_users, x_items]), phase.adjacency, layers)
+    return reps[: phase.n_users], reps[phase.n_users :]
 
 
 def _padded(mapping: torch.Tensor, n: int) -> torch.Tensor:

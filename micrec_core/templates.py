@@ -80,19 +80,33 @@ def connections(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, col_map: to
     return SparseMatrix.from_coo(pair_rows, pair_cols, torch.ones(len(pair_rows)), (n_rows, n_templates + 1))
 
 
+def edge_keep(conn: SparseMatrix, dropout: float, generator: torch.Generator | None) -> torch.Tensor | None:
+    """Edge dropout on C's non-zeros: which survive (None when dropout is 0), one uniform draw per non-zero."""
+    if dropout == 0.0:
+        return None
+    values = conn.values
+    return torch.rand(values.shape, generator=generator, device=values.device) >= dropout
+
+
+def template_product(
+    conn: SparseMatrix, operand: torch.Tensor, alpha: float, dropout: float = 0.0, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 1 / Eq. 2 with [templates; bias] given: r^(-alpha) * C @ operand, kept edges rescaled by 1/(1-dropout)."""
+    rows, values = conn.pattern.rows, conn.values
+    count = torch.zeros(conn.shape[0], device=values.device).index_add_(0, rows, values)
+    values = values * count[rows].pow(-alpha)
+    if keep is not None:
+        values = values * keep.to(values.dtype) / (1.0 - dropout)
+    return conn.pattern.matmul(values, operand)
+
+
 def template_representation(
     conn: SparseMatrix,
     templates: torch.Tensor,
     bias: torch.Tensor,
     alpha: float,
     dropout: float = 0.0,
-    generator: torch.Generator | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. 1 / Eq. 2: x = r^(-alpha) * C @ [templates; bias], with edge dropout on C's non-zeros."""
-    rows, values = conn.pattern.rows, conn.values
-    count = torch.zeros(conn.shape[0], device=values.device).index_add_(0, rows, values)
-    values = values * count[rows].pow(-alpha)
-    if dropout > 0.0:
-        keep = torch.rand(values.shape, generator=generator, device=values.device) >= dropout
-        values = values * keep.to(values.dtype) / (1.0 - dropout)
-    return conn.pattern.matmul(values, torch.cat([templates, bias.unsqueeze(0)]))
+    """Eq. 1 / Eq. 2: x = r^(-alpha) * C @ [templates; bias]; `keep` is the edge-dropout mask from `edge_keep`."""
+    return template_product(conn, torch.cat([templates, bias.unsqueeze(0)]), alpha, dropout, keep)

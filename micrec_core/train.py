@@ -39,48 +39,47 @@ def pick_device(name: str) -> torch.device:
 
 
 class TripletSampler:
-    """Uniform (user, positive, negative) triples: a user with >= 1 edge, one of its items, a non-interacted one."""
+    """Uniform (user, positive, negative) triples: a user with >= 1 edge, one of its items, a non-interacted one.
+
+    The negative is drawn uniformly from the pool minus the user's items in one pass, with no rejection loop (so no
+    host synchronisation on a GPU): with the user's k items at sorted pool ranks p_0 < ... < p_{k-1}, a uniform
+    j in [0, m - k) maps to the (j+1)-th free rank j + #{t : p_t - t <= j}.
+    """
 
     def __init__(self, edges: torch.Tensor, n_items: int, negatives: torch.Tensor) -> None:
         users, items = edges
         order = torch.argsort(users * n_items + items)
         users, items = users[order], items[order]
-        self.keys = users * n_items + items
         self.items = items
-        self.n_items = n_items
-        self.users, counts = torch.unique_consecutive(users, return_counts=True)
-        self.counts = counts
-        self.starts = torch.cumsum(counts, 0) - counts
+        self.users, self.counts = torch.unique_consecutive(users, return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
         self.negatives = negatives
+        m = len(negatives)
+        if bool((self.counts >= m).any()):
+            raise ValueError(f"a user interacted with all {m} items of the pool: it has no negative to sample")
+        ranks = torch.searchsorted(negatives, items).clamp(max=m - 1)
+        if not torch.equal(negatives[ranks], items):
+            raise ValueError("every interacted item must be in the sorted negative pool")
+        within = torch.arange(len(items)) - torch.repeat_interleave(self.starts, self.counts)
+        self.free_before = users * (m + 1) + (ranks - within)
 
     def to(self, device: torch.device) -> TripletSampler:
         """Move the index tensors to `device`."""
-        for name in ("keys", "items", "users", "counts", "starts", "negatives"):
+        for name in ("items", "users", "counts", "starts", "negatives", "free_before"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw n triples (negatives resampled until none is an interacted item)."""
-        device = self.keys.device
+        """Draw n triples: three uniform draws, no loop."""
+        device = self.items.device
+        m = len(self.negatives)
         pick = torch.randint(len(self.users), (n,), generator=generator, device=device)
-        offset = (torch.rand(n, generator=generator, device=device) * self.counts[pick]).long()
+        count = self.counts[pick]
+        offset = (torch.rand(n, generator=generator, device=device) * count).long()
         users, positives = self.users[pick], self.items[self.starts[pick] + offset]
-        negatives = self._negatives(n, generator)
-        clash = self._interacted(users, negatives)
-        while bool(clash.any()):
-            negatives = torch.where(clash, self._negatives(n, generator), negatives)
-            clash = self._interacted(users, negatives)
-        return users, positives, negatives
-
-    def _negatives(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Uniform draws from the negative pool."""
-        return self.negatives[torch.randint(len(self.negatives), (n,), generator=generator, device=self.keys.device)]
-
-    def _interacted(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Whether each (user, item) is an edge of the sampler."""
-        keys = users * self.n_items + items
-        at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
-        return self.keys[at] == keys
+        j = (torch.rand(n, generator=generator, device=device) * (m - count)).long()
+        before = torch.searchsorted(self.free_before, users * (m + 1) + j, right=True) - self.starts[pick]
+        return users, positives, self.negatives[j + before]
 
 
 def item_modalities(dataset: Path, domain: str) -> ItemModalities:
@@ -152,36 +151,71 @@ def setup(pair: PairData, config: Config, features: list[ItemModalities] | None 
     )
 
 
-def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> float:
-    """One optimizer step on the joint loss L = sum BPR + beta sum SE + gamma L_CL."""
+Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Draws:
+    """The randomness of one optimizer step, drawn before any arithmetic so a batched run can replay it."""
+
+    keeps: list[tuple[torch.Tensor | None, torch.Tensor | None]]
+    bpr: list[Triple]
+    se: list[Triple | None]
+    chosen: torch.Tensor | None
+
+
+def draw(s: Setup, generator: torch.Generator) -> Draws:
+    """Per domain: edge-dropout masks, the BPR batch, the SE batch; then the overlapping users for L_CL."""
+    c = s.config
+    keeps, bpr, se = [], [], []
+    for d, domain in enumerate(s.model.domains):
+        keeps.append(domain.dropout_masks(s.train_phases[d], c.dropout, generator))
+        bpr.append(s.bpr_samplers[d].sample(s.batch_sizes[d], generator))
+        sampler = s.se_samplers[d]
+        se.append(sampler.sample(s.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
+    chosen = None
+    if c.contrastive and len(s.overlap) > 1:
+        chosen = s.overlap[torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]]
+    return Draws(keeps, bpr, se, chosen)
+
+
+def joint_loss(s: Setup, draws: Draws, reps: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """L = sum_d (L_BPR^d + beta L_SE^d) + gamma L_CL from each domain's training representations (r_u, r_i)."""
     c = s.config
     loss = torch.zeros((), device=s.device)
-    user_reps = []
     for d, domain in enumerate(s.model.domains):
-        r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, generator)
-        users, pos, neg = s.bpr_samplers[d].sample(s.batch_sizes[d], generator)
+        r_users, r_items = reps[d]
+        users, pos, neg = draws.bpr[d]
         ru, ri, rj = r_users.index_select(0, users), r_items.index_select(0, pos), r_items.index_select(0, neg)
         loss = loss + bpr_loss(ru, ri, rj)
         if c.l2 > 0:
             loss = loss + c.l2 * (ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1)).mean()
-        se = s.se_samplers[d]
-        if se is not None and c.beta_se > 0:
-            tu, ti, tj = se.sample(s.batch_sizes[d], generator)
+        if draws.se[d] is not None:
+            tu, ti, tj = draws.se[d]
             items = domain.item_templates
             loss = loss + c.beta_se * se_loss(
                 domain.user_templates.index_select(0, tu), items.index_select(0, ti), items.index_select(0, tj),
                 domain.se_weight,
             )
-        user_reps.append(r_users)
-    if c.contrastive and len(s.overlap) > 1:
-        chosen = s.overlap[torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]]
-        za = s.model.projectors[0](user_reps[0].index_select(0, chosen[:, 0]))
-        zb = s.model.projectors[1](user_reps[1].index_select(0, chosen[:, 1]))
+    if draws.chosen is not None:
+        za = s.model.projectors[0](reps[0][0].index_select(0, draws.chosen[:, 0]))
+        zb = s.model.projectors[1](reps[1][0].index_select(0, draws.chosen[:, 1]))
         loss = loss + c.gamma_cl * contrastive_loss(za, zb, s.tau, c.cl_loss)
+    return loss
+
+
+def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One optimizer step on the joint loss; returns the detached loss (no host synchronisation)."""
+    draws = draw(s, generator)
+    reps = [
+        domain(s.train_phases[d], s.config.layers, alpha, s.config.dropout, draws.keeps[d])
+        for d, domain in enumerate(s.model.domains)
+    ]
+    loss = joint_loss(s, draws, reps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -226,13 +260,27 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-def train(
-    s: Setup,
-    run_dir: Path | None = None,
-    resume: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainState:
-    """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end."""
+@dataclass
+class Run:
+    """A training run in progress: its setup, optimizer, RNG, state, checkpoint file and epoch callback."""
+
+    s: Setup
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    state: TrainState
+    checkpoint: Path | None
+    on_epoch: Callable[[dict[str, Any]], None] | None
+
+    @property
+    def done(self) -> bool:
+        """Whether max_epochs is reached or every stopping group ran out of patience."""
+        return self.state.epoch >= self.s.config.max_epochs or _exhausted(self.state, self.s.config.patience)
+
+
+def start_run(
+    s: Setup, run_dir: Path | None, resume: bool, on_epoch: Callable[[dict[str, Any]], None] | None
+) -> Run:
+    """Optimizer, generator seeded by config.seed and a fresh state, or all three from the run's checkpoint."""
     c = s.config
     optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr, fused=True)
     generator = torch.Generator(device=s.device)
@@ -245,28 +293,46 @@ def train(
     if resume and checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, s, optimizer, generator)
     s.model.train()
-    while state.epoch < c.max_epochs and not _exhausted(state, c.patience):
+    return Run(s, optimizer, generator, state, checkpoint, on_epoch)
+
+
+def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float) -> None:
+    """Validate, keep each stopping group's best weights, record the epoch, checkpoint, call back."""
+    s, state, c = run.s, run.state, run.s.config
+    val = validate(s, alpha)
+    groups = _groups(c)
+    for g, group in enumerate(groups):
+        score = sum(val[d] for d in group) / len(group)
+        if score > state.best_score[g]:
+            state.best_score[g], state.best_epoch[g] = score, state.epoch
+            state.best_params[g] = _params_of(s.model, group, len(groups) == 1)
+            state.best_alpha[g] = alpha
+    state.train_seconds += time.perf_counter() - started
+    record = {"epoch": state.epoch, "loss": float(torch.stack(losses).mean()), "alpha": alpha,
+              **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
+    state.history.append(record)
+    state.epoch += 1
+    if run.checkpoint is not None:
+        _save_checkpoint(run.checkpoint, s, run.optimizer, run.generator, state)
+    if run.on_epoch is not None:
+        run.on_epoch(record)
+
+
+def train(
+    s: Setup,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainState:
+    """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end."""
+    run = start_run(s, run_dir, resume, on_epoch)
+    while not run.done:
         started = time.perf_counter()
-        alpha = alpha_at(state.epoch)
-        losses = [train_step(s, alpha, generator, optimizer) for _ in range(c.batches_per_epoch)]
-        val = validate(s, alpha)
-        for g, group in enumerate(groups):
-            score = sum(val[d] for d in group) / len(group)
-            if score > state.best_score[g]:
-                state.best_score[g], state.best_epoch[g] = score, state.epoch
-                state.best_params[g] = _params_of(s.model, group, len(groups) == 1)
-                state.best_alpha[g] = alpha
-        state.train_seconds += time.perf_counter() - started
-        record = {"epoch": state.epoch, "loss": sum(losses) / len(losses), "alpha": alpha,
-                  **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
-        state.history.append(record)
-        state.epoch += 1
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, s, optimizer, generator, state)
-        if on_epoch is not None:
-            on_epoch(record)
-    restore_best(s, state)
-    return state
+        alpha = alpha_at(run.state.epoch)
+        losses = [train_step(s, alpha, run.generator, run.optimizer) for _ in range(s.config.batches_per_epoch)]
+        end_epoch(run, alpha, losses, started)
+    restore_best(s, run.state)
+    return run.state
 
 
 def _exhausted(state: TrainState, patience: int) -> bool:

@@ -48,6 +48,18 @@ def test_parallel_jobs_match_sequential(tiny_dataset: Path, tmp_path: Path) -> N
         run_grid(tiny_dataset, ["inmo"], [0], tmp_path, jobs=0)
 
 
+def test_seeds_together_match_seeds_alone(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    run_grid(tiny_dataset, ["no-mm", "lightgcn"], [0, 1], tmp_path / "alone", together=False, **small)
+    folders = run_grid(tiny_dataset, ["no-mm", "lightgcn"], [0, 1], tmp_path / "together", **small)
+    assert {json.loads((f / "metrics.json").read_text())["provenance"]["trained_together"] for f in folders} == {2}
+    alone, together = collect(tmp_path / "alone", tiny_dataset), collect(tmp_path / "together", tiny_dataset)
+    keys = ["variant", "seed", "source", "domain", "group", "metric"]
+    merged = alone.merge(together, on=keys, suffixes=("_alone", "_together")).dropna(subset=["value_alone"])
+    assert len(merged) > 0 and (merged["best_epoch_alone"] == merged["best_epoch_together"]).all()
+    assert merged["value_together"].to_numpy() == pytest.approx(merged["value_alone"].to_numpy(), rel=1e-4, abs=1e-6)
+
+
 def test_variant_settings() -> None:
     assert variant_config("micrec-infonce", Path("."), 0).cl_loss == "infonce"
     assert variant_config("micrec", Path("."), 0).cl_loss == "paper"

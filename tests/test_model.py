@@ -12,7 +12,7 @@ from micrec_core.losses import Projector, bpr_loss, contrastive_loss, se_loss
 from micrec_core.model import alpha_at
 from micrec_core.propagation import normalized_adjacency, propagate
 from micrec_core.sparse import SparseMatrix
-from micrec_core.templates import connections, error_sort_scores, select_templates, template_representation
+from micrec_core.templates import connections, edge_keep, error_sort_scores, select_templates, template_representation
 
 
 def test_sparse_matmul_matches_dense_forward_and_backward() -> None:
@@ -51,9 +51,11 @@ def test_template_dropout_rescales_survivors() -> None:
     conn = connections(torch.zeros(50, dtype=torch.long), torch.arange(50), 1, torch.arange(50))
     e = torch.ones(50, 1)
     gen = torch.Generator().manual_seed(3)
-    x = template_representation(conn, e, torch.ones(1), alpha=0.0, dropout=0.5, generator=gen)
-    kept = x.item() / 2.0  # survivors are scaled by 1 / (1 - p)
-    assert kept == int(kept) and 0 < kept < 51
+    keep = edge_keep(conn, 0.5, gen)
+    assert keep is not None and keep.shape == conn.values.shape and edge_keep(conn, 0.0, gen) is None
+    x = template_representation(conn, e, torch.ones(1), alpha=0.0, dropout=0.5, keep=keep)
+    assert x.item() == 2.0 * int(keep.sum())  # survivors are scaled by 1 / (1 - p)
+    assert 0 < int(keep.sum()) < 51
 
 
 def test_error_sort_and_template_ratio() -> None:

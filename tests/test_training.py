@@ -41,6 +41,24 @@ def test_sampler_never_returns_an_interacted_negative() -> None:
     assert set(neg[users == 0].tolist()) == {3, 4}
 
 
+def test_sampler_negatives_are_uniform_over_the_free_pool_items() -> None:
+    edges = torch.tensor([[0, 0, 0, 1, 1], [1, 4, 6, 0, 7]])
+    pool = torch.tensor([0, 1, 3, 4, 5, 6, 7])  # item 2 is outside the pool (e.g. unseen)
+    users, _, neg = TripletSampler(edges, 8, pool).sample(70_000, torch.Generator().manual_seed(1))
+    for user, free in ((0, [0, 3, 5, 7]), (1, [1, 3, 4, 5, 6])):
+        counts = torch.bincount(neg[users == user], minlength=8).double()
+        assert set(torch.nonzero(counts).flatten().tolist()) == set(free)
+        share = counts[free] / counts.sum()
+        assert torch.allclose(share, torch.full_like(share, 1 / len(free)), atol=0.01)
+
+
+def test_sampler_refuses_users_without_negatives() -> None:
+    with pytest.raises(ValueError, match="all 2 items"):
+        TripletSampler(torch.tensor([[0, 0], [0, 1]]), 2, torch.arange(2))
+    with pytest.raises(ValueError, match="negative pool"):
+        TripletSampler(torch.tensor([[0], [2]]), 4, torch.tensor([0, 1, 3]))
+
+
 @pytest.mark.parametrize("model", ["micrec", "inmo", "lightgcn"])
 def test_same_seed_same_metrics_on_cpu(tiny_pair: PairData, model: str) -> None:
     _, state1, test1 = run(tiny_pair, quick(model))

@@ -1,0 +1,178 @@
+"""Several training runs as one model: the fast path for small graphs (issue #5).
+
+On datasets of this size a step is a few hundred tiny kernels, so a GPU waits on kernel launches, not arithmetic.
+The runs of a grid cell (seeds of one variant on one pair) share their graphs, so this module trains them together:
+the 2K domain graphs of K runs become one disjoint-union graph, Eq. 1-2, Eq. 5 and the propagation run once over
+it (`template_product` and `finish` of the plain model, unchanged), and the losses are the plain `joint_loss` per
+run. Each run keeps its own parameters, Adam state, random generator (replayed in the plain order by `draw`),
+early stopping and checkpoint, so a run trained here computes the same function as `train.train` alone: a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from micrec_core.model import Phase, alpha_at, finish
+from micrec_core.sparse import SparseMatrix
+from micrec_core.templates import template_product
+from micrec_core.train import Draws, Run, Setup, TrainState, draw, end_epoch, joint_loss, restore_best, start_run
+
+
+def _offsets(sizes: Sequence[int]) -> list[int]:
+    """Where each block starts when blocks of these sizes are stacked."""
+    return [sum(sizes[:b]) for b in range(len(sizes))]
+
+
+def _block_diagonal(mats: Sequence[SparseMatrix]) -> SparseMatrix:
+    """diag(M_1, ..., M_n): each row keeps its entries in the same order, so row sums are unchanged."""
+    row_at = _offsets([m.shape[0] for m in mats])
+    col_at = _offsets([m.shape[1] for m in mats])
+    rows = torch.cat([m.pattern.rows + r for m, r in zip(mats, row_at, strict=True)])
+    cols = torch.cat([m.pattern.cols + c for m, c in zip(mats, col_at, strict=True)])
+    shape = (sum(m.shape[0] for m in mats), sum(m.shape[1] for m in mats))
+    return SparseMatrix.from_coo(rows, cols, torch.cat([m.values for m in mats]), shape)
+
+
+def _union_adjacency(phases: Sequence[Phase]) -> SparseMatrix:
+    """The blocks' graphs as one, nodes ordered [users of every block; items of every block]."""
+    user_at = _offsets([p.n_users for p in phases])
+    item_at = [sum(p.n_users for p in phases) + o for o in _offsets([p.n_items for p in phases])]
+    blocks = list(zip(phases, user_at, item_at, strict=True))
+    rows = [_relabel(p.adjacency.pattern.rows, p.n_users, u0, i0) for p, u0, i0 in blocks]
+    cols = [_relabel(p.adjacency.pattern.cols, p.n_users, u0, i0) for p, u0, i0 in blocks]
+    n = sum(p.n_users + p.n_items for p in phases)
+    return SparseMatrix.from_coo(torch.cat(rows), torch.cat(cols), torch.cat([p.adjacency.values for p in phases]),
+                                 (n, n))
+
+
+def _relabel(nodes: torch.Tensor, n_users: int, user_at: int, item_at: int) -> torch.Tensor:
+    """A block's node ids (users, then items) in the union's order."""
+    return torch.where(nodes < n_users, nodes + user_at, nodes - n_users + item_at)
+
+
+def _union_neighbours(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None], sizes: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eq. 5 neighbour lists of every block, indices shifted to the block's rows."""
+    if pairs[0] is None:
+        return None
+    at = _offsets(sizes)
+    return (
+        torch.cat([idx.clamp(min=0) + o for (idx, _), o in zip(pairs, at, strict=True)]),  # type: ignore[misc]
+        torch.cat([valid for _, valid in pairs]),  # type: ignore[misc]
+    )
+
+
+def union_phase(phases: Sequence[Phase]) -> Phase:
+    """One Phase holding every block's graph, template connections and neighbours as disjoint parts."""
+    users = [p.n_users for p in phases]
+    items = [p.n_items for p in phases]
+    with_templates = phases[0].user_conn is not None
+    return Phase(
+        sum(users), sum(items), _union_adjacency(phases),
+        _block_diagonal([p.user_conn for p in phases]) if with_templates else None,  # type: ignore[misc]
+        _block_diagonal([p.item_conn for p in phases]) if with_templates else None,  # type: ignore[misc]
+        _union_neighbours([p.user_neighbours for p in phases], users),
+        _union_neighbours([p.item_neighbours for p in phases], items),
+    )
+
+
+@dataclass
+class Together:
+    """Runs trained as one: their setups (same pair and variant) and the union of their 2K training graphs."""
+
+    runs: list[Run]
+    phase: Phase
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Together:
+        """Stack `runs` (blocks ordered run by run, domain 0 then 1)."""
+        first = runs[0].s.config.to_dict()
+        for run in runs[1:]:
+            differing = sorted(k for k, v in run.s.config.to_dict().items() if k != "seed" and first[k] != v)
+            if differing or run.s.pair.path != runs[0].s.pair.path:
+                raise ValueError(
+                    f"runs trained together must differ only in seed; they differ in {differing or 'data'}"
+                )
+        return cls(runs, union_phase([p for run in runs for p in run.s.train_phases]))
+
+    def representations(self, alpha: float, draws: list[Draws]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each run's training (r_u, r_i) per domain, from one pass over the union graph."""
+        setups = [run.s for run in self.runs]
+        c = setups[0].config
+        blocks = [(s.model.domains[d], s.train_phases[d]) for s in setups for d in range(2)]
+        if self.phase.user_conn is None:
+            initial = [model.initial(phase, alpha) for model, phase in blocks]
+            x_users, x_items = torch.cat([x for x, _ in initial]), torch.cat([x for _, x in initial])
+        else:
+            keeps = [k for dr in draws for k in dr.keeps]
+            user_keep = None if keeps[0][0] is None else torch.cat([k[0] for k in keeps])
+            item_keep = None if keeps[0][1] is None else torch.cat([k[1] for k in keeps])
+            x_users = template_product(
+                self.phase.user_conn, torch.cat([t for m, _ in blocks for t in (m.item_templates, m.user_bias[None])]),
+                alpha, c.dropout, user_keep,
+            )
+            x_items = template_product(
+                self.phase.item_conn, torch.cat([t for m, _ in blocks for t in (m.user_templates, m.item_bias[None])]),
+                alpha, c.dropout, item_keep,
+            )
+        r_users, r_items = finish(self.phase, x_users, x_items, c.layers)
+        users = r_users.split([p.n_users for _, p in blocks])
+        items = r_items.split([p.n_items for _, p in blocks])
+        return [[(users[2 * k + d], items[2 * k + d]) for d in range(2)] for k in range(len(setups))]
+
+    def step(self, alpha: float) -> list[torch.Tensor]:
+        """One optimizer step of every run: each run's draws in its own plain order, one backward for all."""
+        draws = [draw(run.s, run.generator) for run in self.runs]
+        reps = self.representations(alpha, draws)
+        losses = [joint_loss(run.s, dr, rep) for run, dr, rep in zip(self.runs, draws, reps, strict=True)]
+        for run in self.runs:
+            run.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        for run in self.runs:
+            run.optimizer.step()
+        return [loss.detach() for loss in losses]
+
+
+def train_together(
+    setups: list[Setup],
+    run_dirs: Sequence[Path | None] | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> list[TrainState]:
+    """Train runs that differ only in seed as one model, each to its own early stop; their final states.
+
+    Each epoch steps the runs that are furthest behind (after a resume they may be an epoch apart); a run that
+    stops leaves the union. Epoch times are wall times shared by the runs trained together.
+    """
+    dirs = list(run_dirs) if run_dirs is not None else [None] * len(setups)
+    runs = [
+        start_run(s, folder, resume, None if on_epoch is None else _callback(on_epoch, k))
+        for k, (s, folder) in enumerate(zip(setups, dirs, strict=True))
+    ]
+    together: Together | None = None
+    while active := [run for run in runs if not run.done]:
+        epoch = min(run.state.epoch for run in active)
+        group = [run for run in active if run.state.epoch == epoch]
+        if together is None or [id(r) for r in together.runs] != [id(r) for r in group]:
+            together = Together.of(group)
+        started = time.perf_counter()
+        alpha = alpha_at(epoch)
+        losses = [together.step(alpha) for _ in range(setups[0].config.batches_per_epoch)]
+        for k, run in enumerate(group):
+            end_epoch(run, alpha, [step[k] for step in losses], started)
+    for run in runs:
+        restore_best(run.s, run.state)
+    return [run.state for run in runs]
+
+
+def _callback(on_epoch: Callable[[int, dict[str, Any]], None], k: int) -> Callable[[dict[str, Any]], None]:
+    """The epoch callback of run k."""
+    return lambda record: on_epoch(k, record)

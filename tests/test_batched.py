@@ -1,0 +1,97 @@
+"""The fast path: runs trained together as one union graph compute what each run computes alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from micrec_core.batched import Together, train_together, union_phase
+from micrec_core.dataset import PairData
+from micrec_core.inference import evaluate_test
+from micrec_core.model import alpha_at
+from micrec_core.train import domain_alphas, setup, start_run, train, train_step
+from tests.conftest import random_features
+from tests.test_training import quick
+
+
+def assert_same_run(alone: tuple, together: tuple) -> None:
+    """Same epochs and best epochs, losses and validation within float tolerance, same test metrics."""
+    (state_a, test_a), (state_b, test_b) = alone, together
+    assert state_a.best_epoch == state_b.best_epoch and state_a.epoch == state_b.epoch
+    for rec_a, rec_b in zip(state_a.history, state_b.history, strict=True):
+        assert rec_a.keys() == rec_b.keys()
+        for key in rec_a:
+            assert rec_b[key] == pytest.approx(rec_a[key], rel=1e-4, abs=1e-6), key
+    for domain, groups in test_a.items():
+        for group, values in groups.items():
+            for metric, value in values.items():
+                assert test_b[domain][group][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize(("model", "ablation"), [("micrec", None), ("micrec", "no-mm"), ("inmo", None),
+                                                 ("lightgcn", None)])
+def test_runs_trained_together_equal_runs_trained_alone(tiny_pair: PairData, model: str, ablation: str | None) -> None:
+    feats = random_features(tiny_pair)
+    configs = [quick(model, ablation=ablation, seed=seed, max_epochs=4, patience=2) for seed in (0, 1, 2)]
+    alone = []
+    for config in configs:
+        s = setup(tiny_pair, config, feats)
+        state = train(s)
+        alone.append((state, evaluate_test(s, domain_alphas(s, state))))
+    setups = [setup(tiny_pair, config, feats) for config in configs]
+    states = train_together(setups)
+    for s, state, reference in zip(setups, states, alone, strict=True):
+        assert_same_run(reference, (state, evaluate_test(s, domain_alphas(s, state))))
+    assert alone[0][0].history != alone[1][0].history  # the seeds really differ
+
+
+def test_union_graph_holds_each_block_unchanged(tiny_pair: PairData) -> None:
+    s = setup(tiny_pair, quick(), random_features(tiny_pair))
+    phases = s.train_phases
+    union = union_phase(phases)
+    assert union.n_users == sum(p.n_users for p in phases) and union.n_items == sum(p.n_items for p in phases)
+    dense = union.adjacency.to_dense()
+    n0 = phases[0].n_users
+    u1 = slice(n0, n0 + phases[1].n_users)
+    i1 = slice(union.n_users + phases[0].n_items, None)
+    torch.testing.assert_close(dense[u1, i1], phases[1].adjacency.to_dense()[: phases[1].n_users, phases[1].n_users :])
+    assert dense[:n0, i1].abs().sum() == 0  # no edge between blocks
+    torch.testing.assert_close(
+        union.user_conn.to_dense(), torch.block_diag(phases[0].user_conn.to_dense(), phases[1].user_conn.to_dense())
+    )
+
+
+def test_a_lagging_run_catches_up_after_resume(tiny_pair: PairData, tmp_path: Path) -> None:
+    feats = random_features(tiny_pair)
+    configs = [quick(seed=seed, max_epochs=3) for seed in (0, 1)]
+    reference = []
+    for config in configs:
+        s = setup(tiny_pair, config, feats)
+        reference.append(train(s).history)
+    train(setup(tiny_pair, quick(seed=0, max_epochs=1), feats), run_dir=tmp_path / "a")  # killed after one epoch
+    states = train_together([setup(tiny_pair, c, feats) for c in configs], [tmp_path / "a", tmp_path / "b"],
+                            resume=True)
+    for state, history in zip(states, reference, strict=True):
+        assert [h["epoch"] for h in state.history] == [0, 1, 2]
+        assert [h["loss"] for h in state.history] == pytest.approx([h["loss"] for h in history], rel=1e-4)
+
+
+def test_only_seeds_may_differ(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    runs = [start_run(setup(tiny_pair, quick(lr=lr), feats), None, False, None) for lr in (1e-3, 1e-2)]
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        Together.of(runs)
+
+
+def test_one_step_together_leaves_gradients_where_alone_would(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    runs = [start_run(setup(tiny_pair, quick(seed=seed), feats), None, False, None) for seed in (0, 1)]
+    Together.of(runs).step(alpha_at(0))
+    for seed, run in zip((0, 1), runs, strict=True):
+        s = setup(tiny_pair, quick(seed=seed), feats)
+        alone = start_run(s, None, False, None)
+        train_step(s, alpha_at(0), alone.generator, alone.optimizer)
+        for (name, p), q in zip(s.model.named_parameters(), run.s.model.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7, msg=name)
