@@ -1,10 +1,11 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-       [--together K]
+       [--together K] [--early-stop]
 With --together K, K seeds train as one union graph (`micrec_core.batched`); steps/s then counts the optimizer
 steps of all K runs (K per union step), the figure to compare with the plain path's. Prints one line per model;
-a figure, not a test.
+a figure, not a test. --early-stop instead trains to early stop (patience 50, at most --max-epochs) and prints
+the epochs run, the best epoch and the wall seconds.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from micrec_core.batched import Together
+from micrec_core.batched import Together, train_together
 from micrec_core.config import Config
 from micrec_core.dataset import load_pair
 from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
-from micrec_core.train import setup, start_run, train_step, validate
+from micrec_core.train import setup, start_run, train, train_step, validate
 
 
 def sync(device: torch.device) -> None:
@@ -82,6 +83,22 @@ def bench(dataset: Path, model: str, device: str, epochs: int, together: int = 0
     }
 
 
+def early_stop(dataset: Path, model: str, device: str, together: int, max_epochs: int) -> dict[str, float]:
+    """Train to early stop, plain (together = 0) or K seeds as one union graph; epochs and wall seconds."""
+    pair = load_pair(dataset)
+    configs = [Config(model=model, dataset=str(dataset), device=device, seed=k, max_epochs=max_epochs)
+               for k in range(max(together, 1))]
+    setups = [setup(pair, config) for config in configs]
+    started = time.perf_counter()
+    states = train_together(setups) if together else [train(setups[0])]
+    sync(setups[0].device)
+    return {
+        "wall_s": time.perf_counter() - started,
+        "epochs_run": max(state.epoch for state in states),
+        "best_epoch": max(max(state.best_epoch) for state in states),
+    }
+
+
 def main() -> None:
     """Parse arguments and print one line per model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,11 +107,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--together", type=int, default=0, help="K seeds as one union graph (0: plain path)")
+    parser.add_argument("--early-stop", action="store_true", help="train to early stop and time it")
+    parser.add_argument("--max-epochs", type=int, default=1000)
     args = parser.parse_args()
     print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"together={args.together}")
     for model in args.models.split(","):
-        figures = bench(args.dataset, model, args.device, args.epochs, args.together)
+        if args.early_stop:
+            figures = early_stop(args.dataset, model, args.device, args.together, args.max_epochs)
+        else:
+            figures = bench(args.dataset, model, args.device, args.epochs, args.together)
         print(model.ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 

@@ -95,9 +95,10 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
     given = {"max_epochs": args.max_epochs}
     overrides = {k: v for k, v in given.items() if v is not None}
+    together = {"auto": None, "yes": True, "no": False}[args.together]
     folders = run_grid(
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
-        jobs=args.jobs, threads=args.threads, together=not args.alone, device=args.device, **overrides,
+        jobs=args.jobs, threads=args.threads, together=together, device=args.device, **overrides,
     )
     _print([str(f) for f in folders])
 
@@ -177,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
     grid.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
-    grid.add_argument("--alone", action="store_true",
-                      help="train each seed on its own instead of a variant's seeds as one union graph")
+    grid.add_argument("--together", default="auto", choices=("auto", "yes", "no"),
+                      help="train a variant's seeds as one union graph (auto: on a GPU)")
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     grid.add_argument("--max-epochs", type=int, default=None)

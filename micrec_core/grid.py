@@ -21,6 +21,7 @@ import torch
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
 from micrec_core.experiment import run_experiment, run_together
+from micrec_core.train import pick_device
 
 log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -84,16 +85,18 @@ def _train_cell(configs: list[Config], folders: list[Path], threads: int | None,
 
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
-    jobs: int = 1, threads: int | None = None, together: bool = True, **overrides: Any,
+    jobs: int = 1, threads: int | None = None, together: bool | None = None, **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, seed) not already finished; returns the run folders.
 
     together: a variant's unfinished seeds train as one union graph (`micrec_core.batched`, the same function as
-    alone, tested); jobs: variants trained at once, one process each (several processes share a GPU well, each
-    run being small and launch-bound).
+    alone, tested); None = on a GPU only, where a step waits on kernel launches (on a CPU the arithmetic bounds a
+    step, and the union is no faster: bench/RESULTS.md). jobs: variants trained at once, one process each.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if together is None:
+        together = pick_device(overrides.get("device", "auto")).type == "cuda"
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
     folders, cells = [], []

@@ -51,7 +51,7 @@ def test_parallel_jobs_match_sequential(tiny_dataset: Path, tmp_path: Path) -> N
 def test_seeds_together_match_seeds_alone(tiny_dataset: Path, tmp_path: Path) -> None:
     small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
     run_grid(tiny_dataset, ["no-mm", "lightgcn"], [0, 1], tmp_path / "alone", together=False, **small)
-    folders = run_grid(tiny_dataset, ["no-mm", "lightgcn"], [0, 1], tmp_path / "together", **small)
+    folders = run_grid(tiny_dataset, ["no-mm", "lightgcn"], [0, 1], tmp_path / "together", together=True, **small)
     assert {json.loads((f / "metrics.json").read_text())["provenance"]["trained_together"] for f in folders} == {2}
     alone, together = collect(tmp_path / "alone", tiny_dataset), collect(tmp_path / "together", tiny_dataset)
     keys = ["variant", "seed", "source", "domain", "group", "metric"]
