@@ -22,7 +22,20 @@ import torch
 from micrec_core.model import Phase, alpha_at, finish
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import template_product
-from micrec_core.train import Draws, Run, Setup, TrainState, draw, end_epoch, joint_loss, restore_best, start_run
+from micrec_core.train import (
+    Draws,
+    LossInputs,
+    Run,
+    Setup,
+    TrainState,
+    Triple,
+    draw,
+    end_epoch,
+    gather,
+    joint_loss,
+    restore_best,
+    start_run,
+)
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:
@@ -86,14 +99,21 @@ def union_phase(phases: Sequence[Phase]) -> Phase:
 
 @dataclass
 class Together:
-    """Runs trained as one: their setups (same pair and variant) and the union of their 2K training graphs."""
+    """Runs trained as one: their setups (same pair and variant) and the union of their 2K training graphs.
+
+    Blocks are ordered run by run, domain 0 then 1; `*_at[d]` hold each run's row offset of domain d ([K, 1]).
+    """
 
     runs: list[Run]
     phase: Phase
+    user_at: list[torch.Tensor]
+    item_at: list[torch.Tensor]
+    item_template_at: list[torch.Tensor]
+    user_template_at: list[torch.Tensor]
 
     @classmethod
     def of(cls, runs: list[Run]) -> Together:
-        """Stack `runs` (blocks ordered run by run, domain 0 then 1)."""
+        """Stack `runs`, which must differ in seed only."""
         first = runs[0].s.config.to_dict()
         for run in runs[1:]:
             differing = sorted(k for k, v in run.s.config.to_dict().items() if k != "seed" and first[k] != v)
@@ -101,44 +121,89 @@ class Together:
                 raise ValueError(
                     f"runs trained together must differ only in seed; they differ in {differing or 'data'}"
                 )
-        return cls(runs, union_phase([p for run in runs for p in run.s.train_phases]))
+        phases = [p for run in runs for p in run.s.train_phases]
+        device = runs[0].s.device
 
-    def representations(self, alpha: float, draws: list[Draws]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each run's training (r_u, r_i) per domain, from one pass over the union graph."""
+        def per_domain(sizes: list[int]) -> list[torch.Tensor]:
+            at = torch.tensor(_offsets(sizes), device=device).view(len(runs), 2)
+            return [at[:, d : d + 1] for d in range(2)]
+
+        with_templates = phases[0].user_conn is not None
+        return cls(
+            runs, union_phase(phases),
+            per_domain([p.n_users for p in phases]), per_domain([p.n_items for p in phases]),
+            per_domain([p.user_conn.shape[1] for p in phases]) if with_templates else [],  # type: ignore[union-attr]
+            per_domain([p.item_conn.shape[1] for p in phases]) if with_templates else [],  # type: ignore[union-attr]
+        )
+
+    def representations(
+        self, alpha: float, draws: list[Draws]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Every run's training r_u and r_i (union rows), and the [templates; bias] rows of Eq. 1-2 (users, items)."""
         setups = [run.s for run in self.runs]
         c = setups[0].config
         blocks = [(s.model.domains[d], s.train_phases[d]) for s in setups for d in range(2)]
-        if self.phase.user_conn is None:
+        if self.phase.user_conn is None or self.phase.item_conn is None:
             initial = [model.initial(phase, alpha) for model, phase in blocks]
             x_users, x_items = torch.cat([x for x, _ in initial]), torch.cat([x for _, x in initial])
+            template_rows = None
         else:
             keeps = [k for dr in draws for k in dr.keeps]
-            user_keep = None if keeps[0][0] is None else torch.cat([k[0] for k in keeps])
-            item_keep = None if keeps[0][1] is None else torch.cat([k[1] for k in keeps])
-            x_users = template_product(
-                self.phase.user_conn, torch.cat([t for m, _ in blocks for t in (m.item_templates, m.user_bias[None])]),
-                alpha, c.dropout, user_keep,
-            )
-            x_items = template_product(
-                self.phase.item_conn, torch.cat([t for m, _ in blocks for t in (m.user_templates, m.item_bias[None])]),
-                alpha, c.dropout, item_keep,
-            )
+            user_keep = None if keeps[0][0] is None else torch.cat([k[0] for k in keeps])  # type: ignore[misc]
+            item_keep = None if keeps[0][1] is None else torch.cat([k[1] for k in keeps])  # type: ignore[misc]
+            item_rows = torch.cat([t for m, _ in blocks for t in (m.item_templates, m.user_bias[None])])
+            user_rows = torch.cat([t for m, _ in blocks for t in (m.user_templates, m.item_bias[None])])
+            x_users = template_product(self.phase.user_conn, item_rows, alpha, c.dropout, user_keep)
+            x_items = template_product(self.phase.item_conn, user_rows, alpha, c.dropout, item_keep)
+            template_rows = (user_rows, item_rows)
         r_users, r_items = finish(self.phase, x_users, x_items, c.layers)
-        users = r_users.split([p.n_users for _, p in blocks])
-        items = r_items.split([p.n_items for _, p in blocks])
-        return [[(users[2 * k + d], items[2 * k + d]) for d in range(2)] for k in range(len(setups))]
+        return r_users, r_items, template_rows
+
+    def losses(self, alpha: float, draws: list[Draws]) -> torch.Tensor:
+        """Every run's joint loss ([K]): the plain `joint_loss` on all runs' draws mapped at once into union rows."""
+        s = self.runs[0].s  # the runs share their samplers' data: same pair, same variant
+        r_users, r_items, template_rows = self.representations(alpha, draws)
+
+        def stacked(raws: list[Triple]) -> Triple:
+            return tuple(torch.stack(part) for part in zip(*raws, strict=True))  # type: ignore[return-value]
+
+        inputs = []
+        for d in range(2):
+            users, pos, neg = s.bpr_samplers[d].triples(stacked([dr.bpr[d] for dr in draws]))
+            bpr = (users + self.user_at[d], pos + self.item_at[d], neg + self.item_at[d])
+            se, weight = None, None
+            sampler = s.se_samplers[d]
+            if template_rows is not None and sampler is not None:
+                weight = torch.stack([run.s.model.domains[d].se_weight for run in self.runs])
+                if draws[0].se[d] is not None:
+                    tu, ti, tj = sampler.triples(stacked([dr.se[d] for dr in draws]))  # type: ignore[misc]
+                    at_users, at_items = self.user_template_at[d], self.item_template_at[d]
+                    se = (tu + at_users, ti + at_items, tj + at_items)
+            inputs.append(LossInputs(r_users, r_items, bpr, template_rows, weight, se))
+        cl_users = None
+        if draws[0].cl_pick is not None:
+            chosen = s.overlap[torch.stack([dr.cl_pick for dr in draws])]  # type: ignore[misc]
+            cl_users = (gather(r_users, chosen[..., 0] + self.user_at[0]),
+                        gather(r_users, chosen[..., 1] + self.user_at[1]))
+        return joint_loss(s.config, s.tau, inputs, cl_users, self.project)
+
+    def project(self, d: int, reps: torch.Tensor) -> torch.Tensor:
+        """Each run's own f^A or f^B on its rows of `reps` ([K, m, dim]), as one vectorised call."""
+        modules = [run.s.model.projectors[d] for run in self.runs]
+        names = [name for name, _ in modules[0].named_parameters()]
+        params = {name: torch.stack([dict(m.named_parameters())[name] for m in modules]) for name in names}
+        return torch.func.vmap(lambda p, x: torch.func.functional_call(modules[0], p, (x,)))(params, reps)
 
     def step(self, alpha: float) -> list[torch.Tensor]:
         """One optimizer step of every run: each run's draws in its own plain order, one backward for all."""
         draws = [draw(run.s, run.generator) for run in self.runs]
-        reps = self.representations(alpha, draws)
-        losses = [joint_loss(run.s, dr, rep) for run, dr, rep in zip(self.runs, draws, reps, strict=True)]
+        losses = self.losses(alpha, draws)
         for run in self.runs:
             run.optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
+        losses.sum().backward()
         for run in self.runs:
             run.optimizer.step()
-        return [loss.detach() for loss in losses]
+        return list(losses.detach().unbind())
 
 
 def train_together(

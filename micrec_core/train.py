@@ -31,6 +31,9 @@ from micrec_core.model import ItemModalities, MICRec, Phase, alpha_at, build_pha
 CHECKPOINT = "checkpoint.pt"
 
 
+Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def pick_device(name: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU."""
     if name == "auto":
@@ -69,17 +72,28 @@ class TripletSampler:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draw n triples: three uniform draws, no loop."""
+    def draw(self, n: int, generator: torch.Generator) -> Triple:
+        """The random part of n triples: a user pick and two uniforms (positive, negative)."""
         device = self.items.device
+        return (
+            torch.randint(len(self.users), (n,), generator=generator, device=device),
+            torch.rand(n, generator=generator, device=device),
+            torch.rand(n, generator=generator, device=device),
+        )
+
+    def triples(self, raw: Triple) -> Triple:
+        """(user, positive, negative) from `draw`'s output, of any leading shape (e.g. [K, n] for K runs)."""
+        pick, u_pos, u_neg = raw
         m = len(self.negatives)
-        pick = torch.randint(len(self.users), (n,), generator=generator, device=device)
         count = self.counts[pick]
-        offset = (torch.rand(n, generator=generator, device=device) * count).long()
-        users, positives = self.users[pick], self.items[self.starts[pick] + offset]
-        j = (torch.rand(n, generator=generator, device=device) * (m - count)).long()
-        before = torch.searchsorted(self.free_before, users * (m + 1) + j, right=True) - self.starts[pick]
-        return users, positives, self.negatives[j + before]
+        users, positives = self.users[pick], self.items[self.starts[pick] + (u_pos * count).long()]
+        j = (u_neg * (m - count)).long()
+        before = torch.searchsorted(self.free_before, (users * (m + 1) + j).flatten(), right=True).view(j.shape)
+        return users, positives, self.negatives[j + before - self.starts[pick]]
+
+    def sample(self, n: int, generator: torch.Generator) -> Triple:
+        """Draw n triples: three uniform draws, no loop."""
+        return self.triples(self.draw(n, generator))
 
 
 def item_modalities(dataset: Path, domain: str) -> ItemModalities:
@@ -151,67 +165,97 @@ def setup(pair: PairData, config: Config, features: list[ItemModalities] | None 
     )
 
 
-Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
 @dataclass
 class Draws:
-    """The randomness of one optimizer step, drawn before any arithmetic so a batched run can replay it."""
+    """The randomness of one optimizer step, drawn before any arithmetic so a batched run can replay it.
+
+    Per domain: edge-dropout masks and the raw draws of the BPR and SE batches (`TripletSampler.draw`); then the
+    positions in U_o of the overlapping users for L_CL.
+    """
 
     keeps: list[tuple[torch.Tensor | None, torch.Tensor | None]]
     bpr: list[Triple]
     se: list[Triple | None]
-    chosen: torch.Tensor | None
+    cl_pick: torch.Tensor | None
 
 
 def draw(s: Setup, generator: torch.Generator) -> Draws:
-    """Per domain: edge-dropout masks, the BPR batch, the SE batch; then the overlapping users for L_CL."""
+    """Draw a step's randomness from the run's generator, always in the same order."""
     c = s.config
     keeps, bpr, se = [], [], []
     for d, domain in enumerate(s.model.domains):
         keeps.append(domain.dropout_masks(s.train_phases[d], c.dropout, generator))
-        bpr.append(s.bpr_samplers[d].sample(s.batch_sizes[d], generator))
+        bpr.append(s.bpr_samplers[d].draw(s.batch_sizes[d], generator))
         sampler = s.se_samplers[d]
-        se.append(sampler.sample(s.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
-    chosen = None
+        se.append(sampler.draw(s.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
+    cl_pick = None
     if c.contrastive and len(s.overlap) > 1:
-        chosen = s.overlap[torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]]
-    return Draws(keeps, bpr, se, chosen)
+        cl_pick = torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]
+    return Draws(keeps, bpr, se, cl_pick)
 
 
-def joint_loss(s: Setup, draws: Draws, reps: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """L = sum_d (L_BPR^d + beta L_SE^d) + gamma L_CL from each domain's training representations (r_u, r_i)."""
-    c = s.config
-    loss = torch.zeros((), device=s.device)
-    for d, domain in enumerate(s.model.domains):
-        r_users, r_items = reps[d]
-        users, pos, neg = draws.bpr[d]
-        ru, ri, rj = r_users.index_select(0, users), r_items.index_select(0, pos), r_items.index_select(0, neg)
+@dataclass
+class LossInputs:
+    """What the joint loss reads of one domain: the rows it gathers from and the sampled indices into them.
+
+    Indices are [n] for one run, or [K, n] for K runs trained together (then the loss is [K]).
+    """
+
+    r_users: torch.Tensor
+    r_items: torch.Tensor
+    bpr: Triple
+    template_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    se_weight: torch.Tensor | None = None
+    se: Triple | None = None
+
+
+def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[index] for an index of any shape (index_select: a cheaper backward than advanced indexing)."""
+    return rows.index_select(0, index.flatten()).view(*index.shape, rows.shape[-1])
+
+
+def joint_loss(
+    c: Config, tau: float, domains: list[LossInputs], cl_users: tuple[torch.Tensor, torch.Tensor] | None,
+    project: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """L = sum_d (L_BPR^d + beta L_SE^d) + gamma L_CL (Eq. 6-9); `cl_users` are the sampled overlapping users'
+    representations in domain A and B, `project(d, r)` applies f^A or f^B."""
+    loss = torch.zeros((), device=domains[0].r_users.device)
+    for x in domains:
+        users, pos, neg = x.bpr
+        ru, ri, rj = gather(x.r_users, users), gather(x.r_items, pos), gather(x.r_items, neg)
         loss = loss + bpr_loss(ru, ri, rj)
         if c.l2 > 0:
-            loss = loss + c.l2 * (ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1)).mean()
-        if draws.se[d] is not None:
-            tu, ti, tj = draws.se[d]
-            items = domain.item_templates
+            loss = loss + c.l2 * (ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1)).mean(-1)
+        if x.se is not None and x.template_rows is not None and x.se_weight is not None:
+            (tu, ti, tj), (user_rows, item_rows) = x.se, x.template_rows
             loss = loss + c.beta_se * se_loss(
-                domain.user_templates.index_select(0, tu), items.index_select(0, ti), items.index_select(0, tj),
-                domain.se_weight,
+                gather(user_rows, tu), gather(item_rows, ti), gather(item_rows, tj), x.se_weight
             )
-    if draws.chosen is not None:
-        za = s.model.projectors[0](reps[0][0].index_select(0, draws.chosen[:, 0]))
-        zb = s.model.projectors[1](reps[1][0].index_select(0, draws.chosen[:, 1]))
-        loss = loss + c.gamma_cl * contrastive_loss(za, zb, s.tau, c.cl_loss)
+    if cl_users is not None:
+        loss = loss + c.gamma_cl * contrastive_loss(project(0, cl_users[0]), project(1, cl_users[1]), tau, c.cl_loss)
     return loss
 
 
 def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """One optimizer step on the joint loss; returns the detached loss (no host synchronisation)."""
+    c = s.config
     draws = draw(s, generator)
-    reps = [
-        domain(s.train_phases[d], s.config.layers, alpha, s.config.dropout, draws.keeps[d])
-        for d, domain in enumerate(s.model.domains)
-    ]
-    loss = joint_loss(s, draws, reps)
+    inputs = []
+    for d, domain in enumerate(s.model.domains):
+        r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, draws.keeps[d])
+        templates = None if domain.templates is None else (domain.user_templates, domain.item_templates)
+        weight = None if domain.templates is None else domain.se_weight
+        se = draws.se[d]
+        inputs.append(LossInputs(
+            r_users, r_items, s.bpr_samplers[d].triples(draws.bpr[d]), templates, weight,
+            None if se is None else s.se_samplers[d].triples(se),  # type: ignore[union-attr]
+        ))
+    cl_users = None
+    if draws.cl_pick is not None:
+        chosen = s.overlap[draws.cl_pick]
+        cl_users = (gather(inputs[0].r_users, chosen[:, 0]), gather(inputs[1].r_users, chosen[:, 1]))
+    loss = joint_loss(c, s.tau, inputs, cl_users, lambda d, r: s.model.projectors[d](r))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

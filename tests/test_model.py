@@ -125,6 +125,19 @@ def test_contrastive_paper_denominator_by_hand() -> None:
         contrastive_loss(za, zb, tau, "other")
 
 
+@pytest.mark.parametrize("weight_shape", [(4,), (4, 4)])
+def test_losses_with_a_run_dimension_equal_each_run_alone(weight_shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    u, i, j = (torch.randn(3, 6, 4, generator=g) for _ in range(3))
+    w = torch.randn(3, *weight_shape, generator=g)
+    za, zb = (torch.nn.functional.normalize(torch.randn(3, 5, 4, generator=g), dim=-1) for _ in range(2))
+    torch.testing.assert_close(bpr_loss(u, i, j), torch.stack([bpr_loss(u[k], i[k], j[k]) for k in range(3)]))
+    torch.testing.assert_close(se_loss(u, i, j, w), torch.stack([se_loss(u[k], i[k], j[k], w[k]) for k in range(3)]))
+    for variant in ("paper", "infonce"):
+        alone = torch.stack([contrastive_loss(za[k], zb[k], 0.1, variant) for k in range(3)])
+        torch.testing.assert_close(contrastive_loss(za, zb, 0.1, variant), alone)
+
+
 def test_projector_outputs_unit_vectors() -> None:
     torch.manual_seed(0)
     z = Projector(8)(torch.randn(5, 8))
