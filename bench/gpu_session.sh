@@ -13,7 +13,8 @@
 # encoders are not loaded: features come cached). .gpu/ is git-ignored.
 #
 # It writes: device.txt (GPU, torch, commit), check.txt (fast path == plain path on the GPU), bench.txt (steps/s,
-# inference + evaluation time, peak memory; plain and 5 seeds together), grid_<pair>.log (the grid's wall time)
+# inference + evaluation time, peak memory; plain and 5 seeds together), grid_<pair>.log (the grid's wall time: per
+# pair two unions, the 30 MICRec / ablation / INMO runs and the 5 LightGCN runs, one process each)
 # and runs.tar.gz (every finished run's metrics.json and config.json). Back here, each pair's runs go where
 # `micrec reproduce` points the chapters:
 #   mkdir -p runs/<pair>/runs && tar xzf runs.tar.gz -C runs/<pair>/runs ./<pair>
@@ -23,7 +24,7 @@ set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-5}
 MAX_EPOCHS=${MAX_EPOCHS:-1000}
-JOBS=${JOBS:-7}
+JOBS=${JOBS:-2}
 GRID_SECONDS=${GRID_SECONDS:-420}
 BENCH_PAIR=${BENCH_PAIR:-Beauty_Electronics}
 BENCH_EPOCHS=${BENCH_EPOCHS:-3}

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from micrec_core.config import Config
 from micrec_core.model import Phase, alpha_at, finish
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import template_product
@@ -73,13 +74,20 @@ def _relabel(nodes: torch.Tensor, n_users: int, user_at: int, item_at: int) -> t
 def _union_neighbours(
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor] | None], sizes: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Eq. 5 neighbour lists of every block, indices shifted to the block's rows."""
-    if pairs[0] is None:
+    """Eq. 5 neighbour lists of every block, indices shifted to the block's rows.
+
+    A block without aggregation (no-mm, INMO) gets K invalid neighbours: Eq. 5 then adds exactly zero.
+    """
+    given = [p for p in pairs if p is not None]
+    if not given:
         return None
-    at = _offsets(sizes)
+    k, device = given[0][0].shape[1], given[0][0].device
+    full = [p if p is not None else (torch.zeros(n, k, dtype=torch.long, device=device),
+                                     torch.zeros(n, k, dtype=torch.bool, device=device))
+            for p, n in zip(pairs, sizes, strict=True)]
     return (
-        torch.cat([idx.clamp(min=0) + o for (idx, _), o in zip(pairs, at, strict=True)]),  # type: ignore[misc]
-        torch.cat([valid for _, valid in pairs]),  # type: ignore[misc]
+        torch.cat([idx.clamp(min=0) + o for (idx, _), o in zip(full, _offsets(sizes), strict=True)]),
+        torch.cat([valid for _, valid in full]),
     )
 
 
@@ -97,9 +105,19 @@ def union_phase(phases: Sequence[Phase]) -> Phase:
     )
 
 
+PER_RUN = ("seed", "model", "ablation", "se_weight")
+
+
+def union_key(config: Config) -> tuple[Any, ...]:
+    """Runs with equal keys can train as one union: they may differ in seed and in variant among MICRec, its
+    ablations and INMO (what aggregation, L_CL and W each uses is per run), never in any other setting."""
+    values = config.to_dict()
+    return (values["model"] == "lightgcn", *sorted((k, str(v)) for k, v in values.items() if k not in PER_RUN))
+
+
 @dataclass
 class Together:
-    """Runs trained as one: their setups (same pair and variant) and the union of their 2K training graphs.
+    """Runs trained as one: their setups (one pair, `union_key`-equal configs) and the union of their graphs.
 
     Blocks are ordered run by run, domain 0 then 1; `*_at[d]` hold each run's row offset of domain d ([K, 1]).
     """
@@ -113,13 +131,15 @@ class Together:
 
     @classmethod
     def of(cls, runs: list[Run]) -> Together:
-        """Stack `runs`, which must differ in seed only."""
-        first = runs[0].s.config.to_dict()
+        """Stack `runs` (one pair; configs with equal `union_key`)."""
+        first = runs[0].s.config
         for run in runs[1:]:
-            differing = sorted(k for k, v in run.s.config.to_dict().items() if k != "seed" and first[k] != v)
-            if differing or run.s.pair.path != runs[0].s.pair.path:
+            if union_key(run.s.config) != union_key(first) or run.s.pair.path != runs[0].s.pair.path:
+                differing = sorted(k for k, v in run.s.config.to_dict().items()
+                                   if k not in PER_RUN and first.to_dict()[k] != v)
                 raise ValueError(
-                    f"runs trained together must differ only in seed; they differ in {differing or 'data'}"
+                    "runs trained together may differ only in seed and variant (MICRec, its ablations, INMO); "
+                    f"they differ in {differing or 'data or model family'}"
                 )
         phases = [p for run in runs for p in run.s.train_phases]
         device = runs[0].s.device
@@ -161,7 +181,7 @@ class Together:
 
     def losses(self, alpha: float, draws: list[Draws]) -> torch.Tensor:
         """Every run's joint loss ([K]): the plain `joint_loss` on all runs' draws mapped at once into union rows."""
-        s = self.runs[0].s  # the runs share their samplers' data: same pair, same variant
+        s = self.runs[0].s  # the runs share their samplers' data: same pair, same sampling settings
         r_users, r_items, template_rows = self.representations(alpha, draws)
 
         def stacked(raws: list[Triple]) -> Triple:
@@ -174,22 +194,29 @@ class Together:
             se, weight = None, None
             sampler = s.se_samplers[d]
             if template_rows is not None and sampler is not None:
-                weight = torch.stack([run.s.model.domains[d].se_weight for run in self.runs])
+                weight = _stacked_weights([run.s.model.domains[d].se_weight for run in self.runs])
                 if draws[0].se[d] is not None:
                     tu, ti, tj = sampler.triples(stacked([dr.se[d] for dr in draws]))  # type: ignore[misc]
                     at_users, at_items = self.user_template_at[d], self.item_template_at[d]
                     se = (tu + at_users, ti + at_items, tj + at_items)
             inputs.append(LossInputs(r_users, r_items, bpr, template_rows, weight, se))
-        cl_users = None
-        if draws[0].cl_pick is not None:
-            chosen = s.overlap[torch.stack([dr.cl_pick for dr in draws])]  # type: ignore[misc]
-            cl_users = (gather(r_users, chosen[..., 0] + self.user_at[0]),
-                        gather(r_users, chosen[..., 1] + self.user_at[1]))
-        return joint_loss(s.config, s.tau, inputs, cl_users, self.project)
+        coupled = [k for k, dr in enumerate(draws) if dr.cl_pick is not None]
+        cl_users, cl_runs = None, None
+        if coupled:
+            cl_runs = torch.tensor(coupled, device=s.device)
+            chosen = s.overlap[torch.stack([draws[k].cl_pick for k in coupled])]  # type: ignore[misc]
+            cl_users = (gather(r_users, chosen[..., 0] + self.user_at[0][cl_runs]),
+                        gather(r_users, chosen[..., 1] + self.user_at[1][cl_runs]))
 
-    def project(self, d: int, reps: torch.Tensor) -> torch.Tensor:
+        def project(d: int, reps: torch.Tensor) -> torch.Tensor:
+            return self.project([self.runs[k] for k in coupled], d, reps)
+
+        return joint_loss(s.config, s.tau, inputs, cl_users, project, cl_runs)
+
+    @staticmethod
+    def project(runs: list[Run], d: int, reps: torch.Tensor) -> torch.Tensor:
         """Each run's own f^A or f^B on its rows of `reps` ([K, m, dim]), as one vectorised call."""
-        modules = [run.s.model.projectors[d] for run in self.runs]
+        modules = [run.s.model.projectors[d] for run in runs]
         names = [name for name, _ in modules[0].named_parameters()]
         params = {name: torch.stack([dict(m.named_parameters())[name] for m in modules]) for name in names}
         return torch.func.vmap(lambda p, x: torch.func.functional_call(modules[0], p, (x,)))(params, reps)
@@ -204,6 +231,13 @@ class Together:
         for run in self.runs:
             run.optimizer.step()
         return list(losses.detach().unbind())
+
+
+def _stacked_weights(weights: list[torch.Tensor]) -> torch.Tensor:
+    """Each run's SE weight as one [K, d, d] tensor (INMO's diagonal w as diag(w): the same scores) or [K, d]."""
+    if all(w.dim() == 1 for w in weights):
+        return torch.stack(weights)
+    return torch.stack([w if w.dim() == 2 else torch.diag(w) for w in weights])
 
 
 def train_together(

@@ -52,13 +52,13 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
 
 
 def run_together(configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True) -> None:
-    """`run_experiment` for runs that differ only in seed, trained as one union graph (`micrec_core.batched`)."""
+    """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys)."""
     pair = load_pair(Path(configs[0].dataset))
     setups = [setup(pair, config) for config in configs]
     for config, out in zip(configs, outs, strict=True):
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / "config.json", config.to_dict())
-    bar = tqdm(desc=f"{_label(configs[0])} x {len(configs)} seeds", unit="epoch", disable=not progress)
+    bar = tqdm(desc=f"{len(configs)} runs together", unit="epoch", disable=not progress)
     states = train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(k == 0))
     bar.close()
     for s, state, out in zip(setups, states, outs, strict=True):

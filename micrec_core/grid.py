@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from micrec_core.batched import union_key
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
 from micrec_core.experiment import run_experiment, run_together
@@ -70,16 +71,14 @@ def _finished(folder: Path, config: Config, data_hash: str) -> bool:
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
-def _train_cell(configs: list[Config], folders: list[Path], threads: int | None, together: bool,
-                progress: bool = False) -> list[Path]:
-    """Worker: train one grid cell (a variant's unfinished seeds), as one union graph or one run after another."""
+def _train_cell(configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False) -> list[Path]:
+    """Worker: train one cell, as one union graph when it holds several runs."""
     if threads is not None:
         torch.set_num_threads(threads)
-    if together and len(configs) > 1:
+    if len(configs) > 1:
         run_together(configs, folders, resume=True, progress=progress)
     else:
-        for config, folder in zip(configs, folders, strict=True):
-            run_experiment(config, folder, resume=True, progress=progress)
+        run_experiment(configs[0], folders[0], resume=True, progress=progress)
     return folders
 
 
@@ -89,9 +88,10 @@ def run_grid(
 ) -> list[Path]:
     """Train every (variant, seed) not already finished; returns the run folders.
 
-    together: a variant's unfinished seeds train as one union graph (`micrec_core.batched`, the same function as
-    alone, tested); None = on a GPU only, where a step waits on kernel launches (on a CPU the arithmetic bounds a
-    step, and the union is no faster: bench/RESULTS.md). jobs: variants trained at once, one process each.
+    together: every run that can share a union graph with others (`batched.union_key`: all seeds of MICRec, its
+    ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
+    only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
+    jobs: cells (unions, or single runs) trained at once, one process each.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -99,24 +99,24 @@ def run_grid(
         together = pick_device(overrides.get("device", "auto")).type == "cuda"
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
-    folders, cells = [], []
+    folders, cells = [], {}
     for variant in variants:
-        todo = []
         for seed in seeds:
             config = variant_config(variant, dataset, seed, **overrides)
             folder = run_dir(runs, dataset, variant, seed)
             if not _finished(folder, config, data_hash):
-                todo.append((config, folder))
+                key = union_key(config) if together else (variant, seed)
+                cells.setdefault(key, ([], []))
+                cells[key][0].append(config)
+                cells[key][1].append(folder)
             folders.append(folder)
-        if todo:
-            cells.append(([c for c, _ in todo], [f for _, f in todo]))
     if jobs == 1:
-        for configs, cell_folders in cells:
-            _train_cell(configs, cell_folders, threads, together, progress)
+        for configs, cell_folders in cells.values():
+            _train_cell(configs, cell_folders, threads, progress)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            submitted = [pool.submit(_train_cell, c, f, threads, together) for c, f in cells]
+            submitted = [pool.submit(_train_cell, c, f, threads) for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))
     return folders

@@ -216,10 +216,11 @@ def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def joint_loss(
     c: Config, tau: float, domains: list[LossInputs], cl_users: tuple[torch.Tensor, torch.Tensor] | None,
-    project: Callable[[int, torch.Tensor], torch.Tensor],
+    project: Callable[[int, torch.Tensor], torch.Tensor], cl_runs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L = sum_d (L_BPR^d + beta L_SE^d) + gamma L_CL (Eq. 6-9); `cl_users` are the sampled overlapping users'
-    representations in domain A and B, `project(d, r)` applies f^A or f^B."""
+    representations in domain A and B, `project(d, r)` applies f^A or f^B; with K runs, `cl_runs` says which
+    runs have L_CL."""
     loss = torch.zeros((), device=domains[0].r_users.device)
     for x in domains:
         users, pos, neg = x.bpr
@@ -233,7 +234,8 @@ def joint_loss(
                 gather(user_rows, tu), gather(item_rows, ti), gather(item_rows, tj), x.se_weight
             )
     if cl_users is not None:
-        loss = loss + c.gamma_cl * contrastive_loss(project(0, cl_users[0]), project(1, cl_users[1]), tau, c.cl_loss)
+        cl = c.gamma_cl * contrastive_loss(project(0, cl_users[0]), project(1, cl_users[1]), tau, c.cl_loss)
+        loss = loss + cl if cl_runs is None else loss.index_add(0, cl_runs, cl)
     return loss
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from micrec_core.batched import Together, train_together, union_phase
+from micrec_core.batched import Together, train_together, union_key, union_phase
 from micrec_core.dataset import PairData
 from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
@@ -47,6 +47,21 @@ def test_runs_trained_together_equal_runs_trained_alone(tiny_pair: PairData, mod
     assert alone[0][0].history != alone[1][0].history  # the seeds really differ
 
 
+def test_variants_trained_together_equal_variants_trained_alone(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    variants = [("micrec", None, 0), ("micrec", "no-mm", 0), ("micrec", "no-cd", 1), ("micrec", "no-vis", 0),
+                ("inmo", None, 0), ("inmo", None, 1)]
+    configs = [quick(model, ablation=ablation, seed=seed, max_epochs=3) for model, ablation, seed in variants]
+    alone = []
+    for config in configs:
+        s = setup(tiny_pair, config, feats)
+        state = train(s)
+        alone.append((state, evaluate_test(s, domain_alphas(s, state))))
+    setups = [setup(tiny_pair, config, feats) for config in configs]
+    for s, state, reference in zip(setups, train_together(setups), alone, strict=True):
+        assert_same_run(reference, (state, evaluate_test(s, domain_alphas(s, state))))
+
+
 def test_union_graph_holds_each_block_unchanged(tiny_pair: PairData) -> None:
     s = setup(tiny_pair, quick(), random_features(tiny_pair))
     phases = s.train_phases
@@ -78,11 +93,16 @@ def test_a_lagging_run_catches_up_after_resume(tiny_pair: PairData, tmp_path: Pa
         assert [h["loss"] for h in state.history] == pytest.approx([h["loss"] for h in history], rel=1e-4)
 
 
-def test_only_seeds_may_differ(tiny_pair: PairData) -> None:
+def test_only_seeds_and_template_variants_may_differ(tiny_pair: PairData) -> None:
     feats = random_features(tiny_pair)
     runs = [start_run(setup(tiny_pair, quick(lr=lr), feats), None, False, None) for lr in (1e-3, 1e-2)]
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         Together.of(runs)
+    runs = [start_run(setup(tiny_pair, quick(model), feats), None, False, None) for model in ("micrec", "lightgcn")]
+    with pytest.raises(ValueError, match="model family"):
+        Together.of(runs)
+    assert union_key(quick("inmo", seed=3)) == union_key(quick("micrec", ablation="no-txt"))
+    assert union_key(quick("lightgcn")) != union_key(quick("micrec"))
 
 
 def test_one_step_together_leaves_gradients_where_alone_would(tiny_pair: PairData) -> None:
