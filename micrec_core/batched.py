@@ -245,18 +245,32 @@ def train_together(
     run_dirs: Sequence[Path | None] | None = None,
     resume: bool = False,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_done: Callable[[int, TrainState], None] | None = None,
+    checkpoint_every: float = 0.0,
 ) -> list[TrainState]:
-    """Train runs that differ only in seed as one model, each to its own early stop; their final states.
+    """Train runs with equal union keys as one model, each to its own early stop; their final states.
 
-    Each epoch steps the runs that are furthest behind (after a resume they may be an epoch apart); a run that
-    stops leaves the union. Epoch times are wall times shared by the runs trained together.
+    Each epoch steps the runs that are furthest behind (after a resume they may be an epoch apart). A run that
+    stops leaves the union with its best weights restored, and `on_done(k, state)` is called at once, so a run's
+    results can be kept before the others finish. Epoch times are wall times shared by the runs trained together.
     """
     dirs = list(run_dirs) if run_dirs is not None else [None] * len(setups)
     runs = [
-        start_run(s, folder, resume, None if on_epoch is None else _callback(on_epoch, k))
+        start_run(s, folder, resume, None if on_epoch is None else _callback(on_epoch, k), checkpoint_every)
         for k, (s, folder) in enumerate(zip(setups, dirs, strict=True))
     ]
+    finished: set[int] = set()
+
+    def close_finished() -> None:
+        for k, run in enumerate(runs):
+            if run.done and k not in finished:
+                finished.add(k)
+                restore_best(run.s, run.state)
+                if on_done is not None:
+                    on_done(k, run.state)
+
     together: Together | None = None
+    close_finished()
     while active := [run for run in runs if not run.done]:
         epoch = min(run.state.epoch for run in active)
         group = [run for run in active if run.state.epoch == epoch]
@@ -267,8 +281,7 @@ def train_together(
         losses = [together.step(alpha) for _ in range(setups[0].config.batches_per_epoch)]
         for k, run in enumerate(group):
             end_epoch(run, alpha, [step[k] for step in losses], started)
-    for run in runs:
-        restore_best(run.s, run.state)
+        close_finished()
     return [run.state for run in runs]
 
 

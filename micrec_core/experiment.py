@@ -51,18 +51,26 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
     return _write_results(s, state, out, together=1)
 
 
-def run_together(configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True) -> None:
-    """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys)."""
+def run_together(
+    configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True, checkpoint_every: float = 60.0
+) -> None:
+    """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys).
+
+    Each run's metrics.json is written as soon as that run stops; checkpoints at most every `checkpoint_every` s.
+    """
     pair = load_pair(Path(configs[0].dataset))
     setups = [setup(pair, config) for config in configs]
     for config, out in zip(configs, outs, strict=True):
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / "config.json", config.to_dict())
-    bar = tqdm(desc=f"{len(configs)} runs together", unit="epoch", disable=not progress)
-    states = train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(k == 0))
+    bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
+
+    def done(k: int, state: TrainState) -> None:
+        _write_results(setups[k], state, Path(outs[k]), together=len(configs))
+
+    train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
+                   checkpoint_every=checkpoint_every)
     bar.close()
-    for s, state, out in zip(setups, states, outs, strict=True):
-        _write_results(s, state, Path(out), together=len(configs))
 
 
 def _label(config: Config) -> str:

@@ -316,6 +316,8 @@ class Run:
     state: TrainState
     checkpoint: Path | None
     on_epoch: Callable[[dict[str, Any]], None] | None
+    checkpoint_every: float = 0.0
+    saved_at: float = field(default_factory=time.perf_counter)
 
     @property
     def done(self) -> bool:
@@ -324,9 +326,14 @@ class Run:
 
 
 def start_run(
-    s: Setup, run_dir: Path | None, resume: bool, on_epoch: Callable[[dict[str, Any]], None] | None
+    s: Setup, run_dir: Path | None, resume: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
+    checkpoint_every: float = 0.0,
 ) -> Run:
-    """Optimizer, generator seeded by config.seed and a fresh state, or all three from the run's checkpoint."""
+    """Optimizer, generator seeded by config.seed and a fresh state, or all three from the run's checkpoint.
+
+    A checkpoint is written after an epoch once `checkpoint_every` seconds have passed since the last one (0:
+    every epoch), and after the last epoch; a resumed run repeats at most that much work, to the same result.
+    """
     c = s.config
     optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr, fused=True)
     generator = torch.Generator(device=s.device)
@@ -339,7 +346,7 @@ def start_run(
     if resume and checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, s, optimizer, generator)
     s.model.train()
-    return Run(s, optimizer, generator, state, checkpoint, on_epoch)
+    return Run(s, optimizer, generator, state, checkpoint, on_epoch, checkpoint_every)
 
 
 def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float) -> None:
@@ -358,8 +365,9 @@ def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float
               **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
     state.history.append(record)
     state.epoch += 1
-    if run.checkpoint is not None:
+    if run.checkpoint is not None and (time.perf_counter() - run.saved_at >= run.checkpoint_every or run.done):
         _save_checkpoint(run.checkpoint, s, run.optimizer, run.generator, state)
+        run.saved_at = time.perf_counter()
     if run.on_epoch is not None:
         run.on_epoch(record)
 

@@ -11,7 +11,7 @@ from micrec_core.batched import Together, train_together, union_key, union_phase
 from micrec_core.dataset import PairData
 from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
-from micrec_core.train import domain_alphas, setup, start_run, train, train_step
+from micrec_core.train import CHECKPOINT, domain_alphas, setup, start_run, train, train_step
 from tests.conftest import random_features
 from tests.test_training import quick
 
@@ -115,3 +115,34 @@ def test_one_step_together_leaves_gradients_where_alone_would(tiny_pair: PairDat
         train_step(s, alpha_at(0), alone.generator, alone.optimizer)
         for (name, p), q in zip(s.model.named_parameters(), run.s.model.parameters(), strict=True):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_each_run_is_handed_over_when_it_stops(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    setups = [setup(tiny_pair, quick(seed=seed, max_epochs=8, patience=1), feats) for seed in range(4)]
+    handed: list[tuple[int, int]] = []
+    states = train_together(setups, on_done=lambda k, state: handed.append((k, state.epoch)))
+    assert sorted(k for k, _ in handed) == [0, 1, 2, 3]
+    assert len({epoch for _, epoch in handed}) > 1  # some runs stopped while others went on
+    assert [epoch for _, epoch in handed] == sorted(epoch for _, epoch in handed)  # in the order they stopped
+    assert all(states[k].epoch == epoch for k, epoch in handed)
+
+
+class Killed(Exception):
+    """Raised from the epoch callback to simulate a killed run."""
+
+
+def test_checkpoints_follow_the_interval_and_the_last_epoch(tiny_pair: PairData, tmp_path: Path) -> None:
+    feats = random_features(tiny_pair)
+    folders = [tmp_path / "a", tmp_path / "b"]
+
+    def kill(k: int, record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_together([setup(tiny_pair, quick(seed=k), feats) for k in (0, 1)], folders, on_epoch=kill,
+                       checkpoint_every=3600)
+    assert not any((f / CHECKPOINT).exists() for f in folders)  # the interval had not passed
+    train_together([setup(tiny_pair, quick(seed=k), feats) for k in (0, 1)], folders, checkpoint_every=3600)
+    assert [torch.load(f / CHECKPOINT, weights_only=False)["state"].epoch for f in folders] == [3, 3]
