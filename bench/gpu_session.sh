@@ -30,6 +30,7 @@ BENCH_PAIR=${BENCH_PAIR:-Beauty_Electronics}
 BENCH_EPOCHS=${BENCH_EPOCHS:-3}
 PAIRS=${PAIRS:-"Toys_and_Games_Video_Games Beauty_Electronics"}
 VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn}
+TOGETHER=${TOGETHER:-auto}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
@@ -53,7 +54,7 @@ say "grid: $PAIRS, $SEEDS seeds, $VARIANTS, at most $GRID_SECONDS s"
 for pair in $PAIRS; do
   ( start=$(date +%s)
     timeout "$GRID_SECONDS" python3 -m micrec_core.cli grid --dataset "data/processed/$pair" --variants "$VARIANTS" \
-      --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$OUT/grid" --jobs "$JOBS" --quiet
+      --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$OUT/grid" --jobs "$JOBS" --together "$TOGETHER" --quiet
     echo "exit $? after $(( $(date +%s) - start )) s wall"
   ) > "$OUT/grid_$pair.log" 2>&1 &
 done
