@@ -1,7 +1,7 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-       [--together K] [--early-stop]
+       [--together K] [--early-stop] [--profile]
 With --together K, K seeds train as one union graph (`micrec_core.batched`); steps/s then counts the optimizer
 steps of all K runs (K per union step), the figure to compare with the plain path's. Prints one line per model;
 a figure, not a test. --early-stop instead trains to early stop (patience 50, at most --max-epochs) and prints
@@ -38,10 +38,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(dataset: Path, model: str, device: str, epochs: int, together: int = 0) -> dict[str, float]:
+def bench(
+    dataset: Path, model: str, device: str, epochs: int, together: int = 0, profile: bool = False
+) -> dict[str, float]:
     """Time `epochs` epochs of training (after one warm-up epoch), one validation and one test evaluation.
 
-    together = 0: the plain path (`train_step`); K >= 1: K seeds as one union graph (`Together.step`).
+    together = 0: the plain path (`train_step`); K >= 1: K seeds as one union graph (`Together.step`). profile:
+    also count the aten operations per run-step over 10 steps and give the three with the largest share of time.
     """
     pair = load_pair(dataset)
     configs = [Config(model=model, dataset=str(dataset), device=device, seed=k) for k in range(max(together, 1))]
@@ -66,6 +69,18 @@ def bench(dataset: Path, model: str, device: str, epochs: int, together: int = 0
             step(alpha_at(epoch))
     sync(s.device)
     epoch_s = (time.perf_counter() - started) / epochs
+    figures = {}
+    if profile:
+        with torch.profiler.profile() as prof:
+            for _ in range(10):
+                step(alpha_at(epochs))
+            sync(s.device)
+        ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        figures["aten_ops_per_run_step"] = sum(e.count for e in ops) / (10 * len(setups))
+        own = {e.key: e.self_device_time_total if s.device.type == "cuda" else e.self_cpu_time_total for e in ops}
+        total = max(sum(own.values()), 1e-9)
+        for key in sorted(own, key=lambda k: -own[k])[:3]:
+            figures[f"share_{key.removeprefix('aten::')}"] = own[key] / total
     started = time.perf_counter()
     validate(s, alpha_at(epochs))
     sync(s.device)
@@ -80,7 +95,7 @@ def bench(dataset: Path, model: str, device: str, epochs: int, together: int = 0
         "validate_s": val_s,
         "inference_eval_s": test_s,
         "peak_mb": peak_memory_mb(s.device),
-    }
+    } | figures
 
 
 def early_stop(dataset: Path, model: str, device: str, together: int, max_epochs: int) -> dict[str, float]:
@@ -109,6 +124,7 @@ def main() -> None:
     parser.add_argument("--together", type=int, default=0, help="K seeds as one union graph (0: plain path)")
     parser.add_argument("--early-stop", action="store_true", help="train to early stop and time it")
     parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--profile", action="store_true", help="count operations per step and their time shares")
     args = parser.parse_args()
     print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"together={args.together}")
@@ -116,7 +132,7 @@ def main() -> None:
         if args.early_stop:
             figures = early_stop(args.dataset, model, args.device, args.together, args.max_epochs)
         else:
-            figures = bench(args.dataset, model, args.device, args.epochs, args.together)
+            figures = bench(args.dataset, model, args.device, args.epochs, args.together, args.profile)
         print(model.ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 
