@@ -44,9 +44,9 @@ python3 bench/check_fast_path.py --dataset "data/processed/$BENCH_PAIR" --device
 say "check exit $?"
 
 say "bench: plain path, then 5 seeds together"
-{ python3 bench/bench.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" --epochs "$BENCH_EPOCHS"
+{ python3 bench/bench.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" --epochs "$BENCH_EPOCHS" --profile
   python3 bench/bench.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" --epochs "$BENCH_EPOCHS" \
-    --together 5 --models micrec,inmo
+    --together 5 --models micrec,inmo --profile
 } > "$OUT/bench.txt" 2>&1
 say "bench done"
 
