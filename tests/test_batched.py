@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from micrec_core.batched import Together, train_together, union_key, union_phase
+from micrec_core.config import Config
 from micrec_core.dataset import PairData
 from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
@@ -30,36 +31,35 @@ def assert_same_run(alone: tuple, together: tuple) -> None:
                 assert test_b[domain][group][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
+def assert_together_equals_alone(pair: PairData, configs: list[Config]) -> list[tuple]:
+    """Train each config alone, then all as one union; every run must match. Returns the runs alone."""
+    feats = random_features(pair)
+    alone = []
+    for config in configs:
+        s = setup(pair, config, feats)
+        state = train(s)
+        alone.append((state, evaluate_test(s, domain_alphas(s, state))))
+    setups = [setup(pair, config, feats) for config in configs]
+    for s, state, reference in zip(setups, train_together(setups), alone, strict=True):
+        assert_same_run(reference, (state, evaluate_test(s, domain_alphas(s, state))))
+    return alone
+
+
 @pytest.mark.parametrize(("model", "ablation"), [("micrec", None), ("micrec", "no-mm"), ("inmo", None),
                                                  ("lightgcn", None)])
 def test_runs_trained_together_equal_runs_trained_alone(tiny_pair: PairData, model: str, ablation: str | None) -> None:
-    feats = random_features(tiny_pair)
-    configs = [quick(model, ablation=ablation, seed=seed, max_epochs=4, patience=2) for seed in (0, 1, 2)]
-    alone = []
-    for config in configs:
-        s = setup(tiny_pair, config, feats)
-        state = train(s)
-        alone.append((state, evaluate_test(s, domain_alphas(s, state))))
-    setups = [setup(tiny_pair, config, feats) for config in configs]
-    states = train_together(setups)
-    for s, state, reference in zip(setups, states, alone, strict=True):
-        assert_same_run(reference, (state, evaluate_test(s, domain_alphas(s, state))))
+    alone = assert_together_equals_alone(
+        tiny_pair, [quick(model, ablation=ablation, seed=seed, max_epochs=4, patience=2) for seed in (0, 1, 2)]
+    )
     assert alone[0][0].history != alone[1][0].history  # the seeds really differ
 
 
 def test_variants_trained_together_equal_variants_trained_alone(tiny_pair: PairData) -> None:
-    feats = random_features(tiny_pair)
     variants = [("micrec", None, 0), ("micrec", "no-mm", 0), ("micrec", "no-cd", 1), ("micrec", "no-vis", 0),
                 ("inmo", None, 0), ("inmo", None, 1)]
-    configs = [quick(model, ablation=ablation, seed=seed, max_epochs=3) for model, ablation, seed in variants]
-    alone = []
-    for config in configs:
-        s = setup(tiny_pair, config, feats)
-        state = train(s)
-        alone.append((state, evaluate_test(s, domain_alphas(s, state))))
-    setups = [setup(tiny_pair, config, feats) for config in configs]
-    for s, state, reference in zip(setups, train_together(setups), alone, strict=True):
-        assert_same_run(reference, (state, evaluate_test(s, domain_alphas(s, state))))
+    assert_together_equals_alone(
+        tiny_pair, [quick(model, ablation=ablation, seed=seed, max_epochs=3) for model, ablation, seed in variants]
+    )
 
 
 def test_union_graph_holds_each_block_unchanged(tiny_pair: PairData) -> None:
