@@ -34,11 +34,12 @@ def inference_phase(
 
 @torch.no_grad()
 def representations(
-    s: Setup, d: int, alpha: float, data: DomainData | None = None, feats: ItemModalities | None = None
+    s: Setup, d: int, alpha: float, data: DomainData | None = None, feats: ItemModalities | None = None,
+    phase: Phase | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_u, r_i of every user and item of domain d at inference."""
+    """r_u, r_i of every user and item of domain d at inference (over `phase` when it is already built)."""
     s.model.eval()
-    return s.model.domains[d](inference_phase(s, d, data, feats), s.config.layers, alpha)
+    return s.model.domains[d](phase or inference_phase(s, d, data, feats), s.config.layers, alpha)
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:
@@ -68,11 +69,16 @@ def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[
 
 
 @torch.no_grad()
-def evaluate_test(s: Setup, alphas: list[float]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Test metrics per domain and group (all, seen/unseen users, seen/unseen items, low-degree items)."""
+def evaluate_test(
+    s: Setup, alphas: list[float], phases: list[Phase] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Test metrics per domain and group (all, seen/unseen users, seen/unseen items, low-degree items).
+
+    `phases`: the inference phases when already built (`inference_phase`), else they are built here.
+    """
     results = {}
     for d, data in enumerate(s.pair.domains):
-        r_users, r_items = representations(s, d, alphas[d])
+        r_users, r_items = representations(s, d, alphas[d], phase=None if phases is None else phases[d])
         results[data.name] = test_metrics(data, r_users @ r_items.T, s.config.eval_ns)
     return results
 

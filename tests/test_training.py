@@ -11,7 +11,7 @@ import torch
 
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, recommend_new
+from micrec_core.inference import evaluate_test, inference_phase, recommend_new
 from micrec_core.model import ItemModalities
 from micrec_core.train import CHECKPOINT, TripletSampler, domain_alphas, setup, train, train_step
 from tests.conftest import random_features
@@ -231,3 +231,9 @@ def test_cli_train_writes_metrics(tiny_dataset: Path, tmp_path: Path, monkeypatc
                 value = groups["all"][f"{metric}@{n}"]
                 assert 0.0 <= value <= 1.0
     assert (out / "model.pt").is_file() and (out / CHECKPOINT).is_file()
+
+
+def test_evaluation_over_prebuilt_inference_graphs_is_the_same(tiny_pair: PairData) -> None:
+    s, state, test = run(tiny_pair, quick())
+    phases = [inference_phase(s, d) for d in range(2)]
+    assert evaluate_test(s, domain_alphas(s, state), phases) == test
