@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end (their figures are printed, not asserted: speed targets live in bench/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run bench/<name> with the project on the path, one torch thread."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / name), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_bench_prints_every_figure(tiny_dataset: Path) -> None:
+    done = script("bench.py", "--dataset", str(tiny_dataset), "--models", "inmo", "--epochs", "1", "--together", "2",
+                  "--profile")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.splitlines()[-1]
+    for figure in ("steps_per_s=", "epoch_s=", "validate_s=", "inference_graph_s=", "inference_eval_s=", "peak_mb=",
+                   "aten_ops_per_run_step="):
+        assert figure in line
+    done = script("bench.py", "--dataset", str(tiny_dataset), "--models", "lightgcn", "--early-stop",
+                  "--max-epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert "epochs_run=2.000" in done.stdout.splitlines()[-1]
+
+
+def test_fast_path_check_passes_on_cpu(tiny_dataset: Path) -> None:
+    done = script("check_fast_path.py", "--dataset", str(tiny_dataset), "--device", "cpu", "--variants", "no-mm,inmo",
+                  "--epochs", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: the fast path computes the plain path's function" in done.stdout
