@@ -1,12 +1,13 @@
 """Several training runs as one model: the fast path for small graphs (issue #5).
 
 On datasets of this size a step is a few hundred tiny kernels, so a GPU waits on kernel launches, not arithmetic.
-The runs of a grid cell (seeds of one variant on one pair) share their graphs, so this module trains them together:
-the 2K domain graphs of K runs become one disjoint-union graph, Eq. 1-2, Eq. 5 and the propagation run once over
-it (`template_product` and `finish` of the plain model, unchanged), and the losses are the plain `joint_loss` per
-run. Each run keeps its own parameters, Adam state, random generator (replayed in the plain order by `draw`),
-early stopping and checkpoint, so a run trained here computes the same function as `train.train` alone: a test
-compares the two.
+The runs of one pair (every seed of MICRec, its ablations and INMO; or LightGCN's seeds) share their graphs, so
+this module trains them together: the 2K domain graphs of K runs become one disjoint-union graph, Eq. 1-2, Eq. 5
+and the propagation run once over it (`template_product` and `finish` of the plain model, unchanged), and the
+plain `joint_loss` is evaluated for all runs at once (its inputs carry a leading run dimension). Each run keeps its
+own parameters, Adam state, random generator (drawn in the plain order by `draw`), early stopping and
+checkpoint, so a run trained here computes the same function as `train.train` alone, up to float rounding
+(the tolerances below; tests/test_batched.py and bench/check_fast_path.py compare the two).
 """
 
 from __future__ import annotations
