@@ -14,13 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from micrec_core.batched import LOSS_RTOL, RANKING_ATOL, SCORE_RTOL, train_together
 from micrec_core.dataset import load_pair
 from micrec_core.grid import variant_config
-from micrec_core.inference import evaluate_test, representations
-from micrec_core.train import Setup, TrainState, domain_alphas, setup, train
+from micrec_core.inference import evaluate_test, inference_scores
+from micrec_core.train import domain_alphas, setup, train
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -31,16 +29,6 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, float]:
             out |= _leaves(value, f"{prefix}{key}/")
         elif isinstance(value, float):
             out[f"{prefix}{key}"] = value
-    return out
-
-
-def _scores(s: Setup, state: TrainState) -> list[torch.Tensor]:
-    """Every user's score for every item at inference, per domain."""
-    alphas = domain_alphas(s, state)
-    out = []
-    for d in range(2):
-        users, items = representations(s, d, alphas[d])
-        out.append(users @ items.T)
     return out
 
 
@@ -70,7 +58,8 @@ def main() -> None:
             ranking = max(ranking, *(abs(b[k] - a[k]) for k in a if k.startswith("val_")))
         test_a, test_b = (_leaves(evaluate_test(s, domain_alphas(s, st))) for s, st in ((s_a, state_a), (s_b, state_b)))
         ranking = max(ranking, *(abs(test_b[k] - v) for k, v in test_a.items()))
-        for a, b in zip(_scores(s_a, state_a), _scores(s_b, state_b), strict=True):
+        scores_a, scores_b = (inference_scores(s, domain_alphas(s, st)) for s, st in ((s_a, state_a), (s_b, state_b)))
+        for a, b in zip(scores_a, scores_b, strict=True):
             score = max(score, float((a - b).abs().max() / a.abs().max()))
     print(f"{args.variants} on {args.dataset.name}, {args.seeds} seeds x {args.epochs} epochs, device {args.device}")
     print(f"together vs alone: same epochs and best epochs: {epochs_match}; largest relative loss difference "

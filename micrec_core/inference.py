@@ -69,6 +69,16 @@ def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[
 
 
 @torch.no_grad()
+def inference_scores(s: Setup, alphas: list[float], phases: list[Phase] | None = None) -> list[torch.Tensor]:
+    """r_u · r_i of every user and item at inference, per domain ([U, I] each); `phases` when already built."""
+    out = []
+    for d in range(len(s.pair.domains)):
+        r_users, r_items = representations(s, d, alphas[d], phase=None if phases is None else phases[d])
+        out.append(r_users @ r_items.T)
+    return out
+
+
+@torch.no_grad()
 def evaluate_test(
     s: Setup, alphas: list[float], phases: list[Phase] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -76,11 +86,10 @@ def evaluate_test(
 
     `phases`: the inference phases when already built (`inference_phase`), else they are built here.
     """
-    results = {}
-    for d, data in enumerate(s.pair.domains):
-        r_users, r_items = representations(s, d, alphas[d], phase=None if phases is None else phases[d])
-        results[data.name] = test_metrics(data, r_users @ r_items.T, s.config.eval_ns)
-    return results
+    return {
+        data.name: test_metrics(data, scores, s.config.eval_ns)
+        for data, scores in zip(s.pair.domains, inference_scores(s, alphas, phases), strict=True)
+    }
 
 
 def most_popular(data: DomainData, ns: list[int]) -> dict[str, dict[str, Any]]:

@@ -18,33 +18,24 @@ from micrec_core.batched import (
 )
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, representations
+from micrec_core.inference import evaluate_test, inference_scores
 from micrec_core.model import alpha_at
-from micrec_core.train import CHECKPOINT, Setup, TrainState, domain_alphas, setup, start_run, train, train_step
+from micrec_core.train import CHECKPOINT, domain_alphas, setup, start_run, train, train_step
 from tests.conftest import random_features
 from tests.test_training import quick
 
 
-def scores(s: Setup, state: TrainState) -> list[torch.Tensor]:
-    """Every user's score for every item at inference, per domain."""
-    alphas = domain_alphas(s, state)
-    out = []
-    for d in range(2):
-        users, items = representations(s, d, alphas[d])
-        out.append(users @ items.T)
-    return out
-
-
 def assert_same_run(alone: tuple, together: tuple) -> None:
     """Same epochs and best epochs; losses and scores within float tolerance, ranking metrics within a swap."""
-    (s_a, state_a), (s_b, state_b) = alone, together
+    (_, state_a), (_, state_b) = alone, together
     assert state_a.best_epoch == state_b.best_epoch and state_a.epoch == state_b.epoch
     for rec_a, rec_b in zip(state_a.history, state_b.history, strict=True):
         assert rec_a.keys() == rec_b.keys()
         assert rec_b["loss"] == pytest.approx(rec_a["loss"], rel=LOSS_RTOL)
         for key in rec_a.keys() - {"loss"}:
             assert rec_b[key] == pytest.approx(rec_a[key], abs=RANKING_ATOL), key
-    for a, b in zip(scores(s_a, state_a), scores(s_b, state_b), strict=True):
+    scores_a, scores_b = (inference_scores(s, domain_alphas(s, st)) for s, st in (alone, together))
+    for a, b in zip(scores_a, scores_b, strict=True):
         assert (a - b).abs().max() <= SCORE_RTOL * a.abs().max()
     test_a, test_b = (evaluate_test(s, domain_alphas(s, st)) for s, st in (alone, together))
     for domain, groups in test_a.items():
