@@ -34,6 +34,7 @@ from micrec_core.train import (
     draw,
     end_epoch,
     gather,
+    has_contrastive,
     joint_loss,
     restore_best,
     start_run,
@@ -126,6 +127,8 @@ class Together:
     """Runs trained as one: their setups (one pair, `union_key`-equal configs) and the union of their graphs.
 
     Blocks are ordered run by run, domain 0 then 1; `*_at[d]` hold each run's row offset of domain d ([K, 1]).
+    `coupled` lists the runs with L_CL (`cl_runs` on the device, `cl_user_at` their user offsets), fixed per union
+    so that a step does no host-to-device copy.
     """
 
     runs: list[Run]
@@ -134,6 +137,9 @@ class Together:
     item_at: list[torch.Tensor]
     item_template_at: list[torch.Tensor]
     user_template_at: list[torch.Tensor]
+    coupled: list[int]
+    cl_runs: torch.Tensor
+    cl_user_at: list[torch.Tensor]
 
     @classmethod
     def of(cls, runs: list[Run]) -> Together:
@@ -155,11 +161,14 @@ class Together:
             return [at[:, d : d + 1] for d in range(2)]
 
         with_templates = phases[0].user_conn is not None
+        user_at = per_domain([p.n_users for p in phases])
+        coupled = [k for k, run in enumerate(runs) if has_contrastive(run.s)]
+        cl_runs = torch.tensor(coupled, dtype=torch.long, device=device)
         return cls(
-            runs, union_phase(phases),
-            per_domain([p.n_users for p in phases]), per_domain([p.n_items for p in phases]),
+            runs, union_phase(phases), user_at, per_domain([p.n_items for p in phases]),
             per_domain([p.user_conn.shape[1] for p in phases]) if with_templates else [],  # type: ignore[union-attr]
             per_domain([p.item_conn.shape[1] for p in phases]) if with_templates else [],  # type: ignore[union-attr]
+            coupled, cl_runs, [at[cl_runs] for at in user_at],
         )
 
     def representations(
@@ -206,18 +215,16 @@ class Together:
                     at_users, at_items = self.user_template_at[d], self.item_template_at[d]
                     se = (tu + at_users, ti + at_items, tj + at_items)
             inputs.append(LossInputs(r_users, r_items, bpr, template_rows, weight, se))
-        coupled = [k for k, dr in enumerate(draws) if dr.cl_pick is not None]
-        cl_users, cl_runs = None, None
-        if coupled:
-            cl_runs = torch.tensor(coupled, device=s.device)
-            chosen = s.overlap[torch.stack([draws[k].cl_pick for k in coupled])]  # type: ignore[misc]
-            cl_users = (gather(r_users, chosen[..., 0] + self.user_at[0][cl_runs]),
-                        gather(r_users, chosen[..., 1] + self.user_at[1][cl_runs]))
+        cl_users = None
+        if self.coupled:
+            chosen = s.overlap[torch.stack([draws[k].cl_pick for k in self.coupled])]  # type: ignore[misc]
+            cl_users = (gather(r_users, chosen[..., 0] + self.cl_user_at[0]),
+                        gather(r_users, chosen[..., 1] + self.cl_user_at[1]))
 
         def project(d: int, reps: torch.Tensor) -> torch.Tensor:
-            return self.project([self.runs[k] for k in coupled], d, reps)
+            return self.project([self.runs[k] for k in self.coupled], d, reps)
 
-        return joint_loss(s.config, s.tau, inputs, cl_users, project, cl_runs)
+        return joint_loss(s.config, s.tau, inputs, cl_users, project, self.cl_runs)
 
     @staticmethod
     def project(runs: list[Run], d: int, reps: torch.Tensor) -> torch.Tensor:

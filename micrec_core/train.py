@@ -179,6 +179,11 @@ class Draws:
     cl_pick: torch.Tensor | None
 
 
+def has_contrastive(s: Setup) -> bool:
+    """Whether the run's steps include L_CL: it is on and at least two overlapping users can be contrasted."""
+    return s.config.contrastive and len(s.overlap) > 1
+
+
 def draw(s: Setup, generator: torch.Generator) -> Draws:
     """Draw a step's randomness from the run's generator, always in the same order."""
     c = s.config
@@ -189,7 +194,7 @@ def draw(s: Setup, generator: torch.Generator) -> Draws:
         sampler = s.se_samplers[d]
         se.append(sampler.draw(s.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
     cl_pick = None
-    if c.contrastive and len(s.overlap) > 1:
+    if has_contrastive(s):
         cl_pick = torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]
     return Draws(keeps, bpr, se, cl_pick)
 
