@@ -1,11 +1,13 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-       [--together K] [--early-stop] [--profile]
-With --together K, K seeds train as one union graph (`micrec_core.batched`); steps/s then counts the optimizer
-steps of all K runs (K per union step), the figure to compare with the plain path's. Prints one line per model;
-a figure, not a test. --early-stop instead trains to early stop (patience 50, at most --max-epochs) and prints
-the epochs run, the best epoch and the wall seconds.
+       [--together K] [--union] [--early-stop] [--profile]
+--models takes any `micrec grid` variant (micrec, no-mm, ..., inmo, lightgcn). With --together K, K seeds train
+as one union graph (`micrec_core.batched`); steps/s then counts the optimizer steps of all K runs (K per union
+step), the figure to compare with the plain path's. --union puts every model of --models x K seeds in ONE union,
+as `micrec grid` does on a GPU. Prints one line per model (one for the union); a figure, not a test.
+--early-stop instead trains to early stop (patience 50, at most --max-epochs) and prints the epochs run,
+the best epoch and the wall seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 import torch
 
 from micrec_core.batched import Together, train_together
-from micrec_core.config import Config
 from micrec_core.dataset import load_pair
+from micrec_core.grid import variant_config
 from micrec_core.inference import evaluate_test, inference_phase
 from micrec_core.model import alpha_at
 from micrec_core.train import setup, start_run, train, train_step, validate
@@ -39,15 +41,16 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(
-    dataset: Path, model: str, device: str, epochs: int, together: int = 0, profile: bool = False
+    dataset: Path, variants: list[str], device: str, epochs: int, together: int = 0, profile: bool = False
 ) -> dict[str, float]:
     """Time `epochs` epochs of training (after one warm-up epoch), one validation and one test evaluation.
 
-    together = 0: the plain path (`train_step`); K >= 1: K seeds as one union graph (`Together.step`). profile:
-    also count the aten operations per run-step over 10 steps and give the three with the largest share of time.
+    together = 0: the plain path (`train_step`) of the first variant; K >= 1: K seeds of every variant as one
+    union graph (`Together.step`). profile: also count the aten operations per run-step over 10 steps and give
+    the three with the largest share of time. Validation and evaluation time one run (the first).
     """
     pair = load_pair(dataset)
-    configs = [Config(model=model, dataset=str(dataset), device=device, seed=k) for k in range(max(together, 1))]
+    configs = [variant_config(v, dataset, k, device=device) for v in variants for k in range(max(together, 1))]
     setups = [setup(pair, config) for config in configs]
     s, config = setups[0], configs[0]
     if together:
@@ -103,11 +106,11 @@ def bench(
     } | figures
 
 
-def early_stop(dataset: Path, model: str, device: str, together: int, max_epochs: int) -> dict[str, float]:
-    """Train to early stop, plain (together = 0) or K seeds as one union graph; epochs and wall seconds."""
+def early_stop(dataset: Path, variants: list[str], device: str, together: int, max_epochs: int) -> dict[str, float]:
+    """Train to early stop, plain (together = 0) or K seeds of every variant as one union; epochs, wall seconds."""
     pair = load_pair(dataset)
-    configs = [Config(model=model, dataset=str(dataset), device=device, seed=k, max_epochs=max_epochs)
-               for k in range(max(together, 1))]
+    configs = [variant_config(v, dataset, k, device=device, max_epochs=max_epochs)
+               for v in variants for k in range(max(together, 1))]
     setups = [setup(pair, config) for config in configs]
     started = time.perf_counter()
     states = train_together(setups) if together else [train(setups[0])]
@@ -127,18 +130,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--together", type=int, default=0, help="K seeds as one union graph (0: plain path)")
+    parser.add_argument("--union", action="store_true", help="every model x K seeds in one union graph")
     parser.add_argument("--early-stop", action="store_true", help="train to early stop and time it")
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="count operations per step and their time shares")
     args = parser.parse_args()
     print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"together={args.together}")
-    for model in args.models.split(","):
+    models = args.models.split(",")
+    if args.union and not args.together:
+        parser.error("--union needs --together K")
+    for variants in [models] if args.union else [[m] for m in models]:
         if args.early_stop:
-            figures = early_stop(args.dataset, model, args.device, args.together, args.max_epochs)
+            figures = early_stop(args.dataset, variants, args.device, args.together, args.max_epochs)
         else:
-            figures = bench(args.dataset, model, args.device, args.epochs, args.together, args.profile)
-        print(model.ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
+            figures = bench(args.dataset, variants, args.device, args.epochs, args.together, args.profile)
+        print("+".join(variants).ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,59 +12,74 @@
 # (timeout_s 600). The device image has torch, pandas, pyarrow and tqdm, which is all the core needs to train (the
 # encoders are not loaded: features come cached). .gpu/ is git-ignored.
 #
+# The whole script keeps to BUDGET seconds of wall time: the fast-path check and the benchmark are cut by their
+# own timeouts, and the grid gets what is left less MARGIN, through `micrec grid --stop-after`: a run still
+# training then stops at its epoch's end, is evaluated at its best epoch so far, and its metrics.json says
+# "stopped": "time budget" (the book counts such runs apart from those that early-stopped).
+#
 # It writes: device.txt (GPU, torch, commit), check.txt (fast path == plain path on the GPU), bench.txt (steps/s,
-# inference + evaluation time, peak memory; plain and 5 seeds together), grid_<pair>.log (the grid's wall time: per
-# pair two unions, the 30 MICRec / ablation / INMO runs and the 5 LightGCN runs, one process each)
-# and runs.tar.gz (every finished run's metrics.json and config.json). Back here, each pair's runs go where
-# `micrec reproduce` points the chapters:
-#   mkdir -p runs/<pair>/runs && tar xzf runs.tar.gz -C runs/<pair>/runs ./<pair>
-# A grid cut off by GRID_SECONDS leaves its unfinished runs out of the tarball; a later session trains them.
+# inference + evaluation time, peak memory, operation counts; plain, and the grid's 30-run union), grid_<pair>.log
+# (the grid's wall time; per pair three unions: MICRec + ablations + INMO, MICRec with InfoNCE, LightGCN; one
+# process each) and runs_<pair>.tar.gz (every run's metrics.json and config.json, and model.pt of the seed-0
+# MICRec and INMO runs that chapters 4 and 9 load). Back here, each pair's runs go where `micrec reproduce`
+# points the chapters:
+#   mkdir -p runs/<pair>/runs && tar xzf runs_<pair>.tar.gz -C runs/<pair>/runs
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
+START=$(date +%s)
+BUDGET=${BUDGET:-560}
+MARGIN=${MARGIN:-100}
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-5}
 MAX_EPOCHS=${MAX_EPOCHS:-1000}
-JOBS=${JOBS:-2}
-GRID_SECONDS=${GRID_SECONDS:-420}
 BENCH_PAIR=${BENCH_PAIR:-Beauty_Electronics}
-BENCH_EPOCHS=${BENCH_EPOCHS:-3}
+BENCH_EPOCHS=${BENCH_EPOCHS:-2}
+CHECK_SECONDS=${CHECK_SECONDS:-75}
+BENCH_SECONDS=${BENCH_SECONDS:-110}
 PAIRS=${PAIRS:-"Toys_and_Games_Video_Games Beauty_Electronics"}
-VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn}
+VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,micrec-infonce,lightgcn}
+UNION=micrec,no-mm,no-cd,no-vis,no-txt,inmo
 TOGETHER=${TOGETHER:-auto}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
 if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
 
-{ git rev-parse HEAD 2>/dev/null; nvidia-smi 2>/dev/null
+{ git rev-parse HEAD 2>/dev/null; nvidia-smi 2>/dev/null; nproc
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 } > "$OUT/device.txt" 2>&1
 
 say "fast path check on $BENCH_PAIR"
-python3 bench/check_fast_path.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" > "$OUT/check.txt" 2>&1
+timeout "$CHECK_SECONDS" python3 bench/check_fast_path.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" \
+  --variants micrec,inmo --seeds 2 --epochs 2 > "$OUT/check.txt" 2>&1
 say "check exit $?"
 
-say "bench: plain path, then 5 seeds together"
-{ python3 bench/bench.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" --epochs "$BENCH_EPOCHS" --profile
-  python3 bench/bench.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" --epochs "$BENCH_EPOCHS" \
-    --together 5 --models micrec,inmo --profile
+say "bench: plain path, then the grid's union of $UNION x $SEEDS seeds"
+{ timeout "$BENCH_SECONDS" bash -c "
+  python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs $BENCH_EPOCHS --profile
+  python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs 1 --together $SEEDS \
+    --union --models $UNION --profile"
+  echo "bench exit $?"
 } > "$OUT/bench.txt" 2>&1
 say "bench done"
 
-say "grid: $PAIRS, $SEEDS seeds, $VARIANTS, at most $GRID_SECONDS s"
+stop_after=$(( BUDGET - MARGIN - ($(date +%s) - START) ))
+say "grid: $PAIRS, $SEEDS seeds, $VARIANTS, runs stop after $stop_after s"
 for pair in $PAIRS; do
   ( start=$(date +%s)
-    timeout "$GRID_SECONDS" python3 -m micrec_core.cli grid --dataset "data/processed/$pair" --variants "$VARIANTS" \
-      --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$OUT/grid" --jobs "$JOBS" --together "$TOGETHER" --quiet
+    timeout $(( stop_after + MARGIN - 10 )) python3 -m micrec_core.cli grid --dataset "data/processed/$pair" \
+      --variants "$VARIANTS" --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$OUT/grid" \
+      --jobs 3 --threads 2 --together "$TOGETHER" --stop-after "$stop_after" --quiet
     echo "exit $? after $(( $(date +%s) - start )) s wall"
   ) > "$OUT/grid_$pair.log" 2>&1 &
 done
 wait
 say "grid done"
 
-if [ -d "$OUT/grid" ]; then
-  finished=$(cd "$OUT/grid" && find . -name metrics.json | sed 's|/metrics.json$||')
-  (cd "$OUT/grid" && for run in $finished; do echo "$run/metrics.json"; echo "$run/config.json"; done) \
-    | tar czf "$OUT/runs.tar.gz" -C "$OUT/grid" -T -
-  say "$(echo "$finished" | grep -c seed) finished runs in runs.tar.gz"
-  rm -rf "$OUT/grid"
-fi
+for pair in $PAIRS; do
+  [ -d "$OUT/grid/$pair" ] || continue
+  (cd "$OUT/grid/$pair" && { find . -name metrics.json -o -name config.json
+     ls ./micrec/seed0/model.pt ./inmo/seed0/model.pt 2>/dev/null; } | tar czf "$OUT/runs_$pair.tar.gz" -T -)
+  say "$pair: $(find "$OUT/grid/$pair" -name metrics.json | wc -l) finished runs in runs_$pair.tar.gz"
+done
+rm -rf "$OUT/grid"
+say "done"

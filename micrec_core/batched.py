@@ -36,6 +36,7 @@ from micrec_core.train import (
     gather,
     has_contrastive,
     joint_loss,
+    past,
     restore_best,
     start_run,
 )
@@ -260,12 +261,14 @@ def train_together(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     on_done: Callable[[int, TrainState], None] | None = None,
     checkpoint_every: float = 0.0,
+    deadline: float | None = None,
 ) -> list[TrainState]:
     """Train runs with equal union keys as one model, each to its own early stop; their final states.
 
     Each epoch steps the runs that are furthest behind (after a resume they may be an epoch apart). A run that
     stops leaves the union with its best weights restored, and `on_done(k, state)` is called at once, so a run's
     results can be kept before the others finish. Epoch times are wall times shared by the runs trained together.
+    deadline: a `time.time()` after which no further epoch starts (every run keeps its best epoch so far).
     """
     dirs = list(run_dirs) if run_dirs is not None else [None] * len(setups)
     runs = [
@@ -292,8 +295,11 @@ def train_together(
         started = time.perf_counter()
         alpha = alpha_at(epoch)
         losses = [together.step(alpha) for _ in range(setups[0].config.batches_per_epoch)]
+        late = past(deadline)
         for k, run in enumerate(group):
-            end_epoch(run, alpha, [step[k] for step in losses], started)
+            end_epoch(run, alpha, [step[k] for step in losses], started, late)
+        for run in active:
+            run.out_of_time |= late
         close_finished()
     return [run.state for run in runs]
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
     together = {"auto": None, "yes": True, "no": False}[args.together]
     folders = run_grid(
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
-        jobs=args.jobs, threads=args.threads, together=together, device=args.device, **overrides,
+        jobs=args.jobs, threads=args.threads, together=together, device=args.device,
+        deadline=None if args.stop_after is None else time.time() + args.stop_after, **overrides,
     )
     _print([str(f) for f in folders])
 
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     grid.add_argument("--max-epochs", type=int, default=None)
+    grid.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                      help="stop runs still training after this much wall time, at their best epoch so far "
+                           "(metrics.json: stopped = 'time budget')")
     grid.add_argument("--quiet", action="store_true")
     grid.set_defaults(func=cmd_grid)
 

@@ -14,7 +14,7 @@ from micrec_core.batched import train_together
 from micrec_core.config import Config
 from micrec_core.dataset import code_version, dataset_sha256, load_pair
 from micrec_core.inference import evaluate_test, most_popular
-from micrec_core.train import Setup, TrainState, domain_alphas, setup, train
+from micrec_core.train import Setup, TrainState, domain_alphas, setup, stop_reason, train
 
 MODEL_FILE = "model.pt"
 
@@ -33,8 +33,13 @@ def provenance(dataset: Path, device: torch.device) -> dict[str, Any]:
     }
 
 
-def run_experiment(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `config` on its dataset, evaluate on E_test, and write OUT/metrics.json and OUT/model.pt."""
+def run_experiment(
+    config: Config, out: Path, resume: bool = False, progress: bool = True, deadline: float | None = None
+) -> dict[str, Any]:
+    """Train `config` on its dataset, evaluate on E_test, and write OUT/metrics.json and OUT/model.pt.
+
+    deadline: a `time.time()` after which training stops at the next epoch's end (metrics.json says so).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pair = load_pair(Path(config.dataset))
@@ -46,13 +51,14 @@ def run_experiment(config: Config, out: Path, resume: bool = False, progress: bo
         bar.update(1)
         bar.set_postfix({k.split("/")[-1][:8]: round(v, 4) for k, v in record.items() if k.startswith("val_")})
 
-    state = train(s, out, resume=resume, on_epoch=on_epoch)
+    state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline)
     bar.close()
     return _write_results(s, state, out, together=1)
 
 
 def run_together(
-    configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True, checkpoint_every: float = 60.0
+    configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True,
+    checkpoint_every: float = 60.0, deadline: float | None = None,
 ) -> None:
     """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys).
 
@@ -69,7 +75,7 @@ def run_together(
         _write_results(setups[k], state, Path(outs[k]), together=len(configs))
 
     train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
-                   checkpoint_every=checkpoint_every)
+                   checkpoint_every=checkpoint_every, deadline=deadline)
     bar.close()
 
 
@@ -88,6 +94,7 @@ def _write_results(s: Setup, state: TrainState, out: Path, together: int) -> dic
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
         "epochs_run": state.epoch,
+        "stopped": stop_reason(state.epoch, state.best_epoch, config.max_epochs, config.patience),
         "train_seconds": state.train_seconds,
         "alphas": alphas,
         "history": state.history,

@@ -22,7 +22,7 @@ from micrec_core.batched import union_key
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
 from micrec_core.experiment import run_experiment, run_together
-from micrec_core.train import pick_device
+from micrec_core.train import pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -71,20 +71,24 @@ def _finished(folder: Path, config: Config, data_hash: str) -> bool:
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
-def _train_cell(configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False) -> list[Path]:
+def _train_cell(
+    configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False,
+    deadline: float | None = None,
+) -> list[Path]:
     """Worker: train one cell, as one union graph when it holds several runs."""
     if threads is not None:
         torch.set_num_threads(threads)
     if len(configs) > 1:
-        run_together(configs, folders, resume=True, progress=progress)
+        run_together(configs, folders, resume=True, progress=progress, deadline=deadline)
     else:
-        run_experiment(configs[0], folders[0], resume=True, progress=progress)
+        run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline)
     return folders
 
 
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
-    jobs: int = 1, threads: int | None = None, together: bool | None = None, **overrides: Any,
+    jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
+    **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, seed) not already finished; returns the run folders.
 
@@ -92,6 +96,8 @@ def run_grid(
     ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
     only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
     jobs: cells (unions, or single runs) trained at once, one process each.
+    deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
+    its best epoch so far; its metrics.json says "stopped": "time budget", and it counts as finished.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -112,11 +118,11 @@ def run_grid(
             folders.append(folder)
     if jobs == 1:
         for configs, cell_folders in cells.values():
-            _train_cell(configs, cell_folders, threads, progress)
+            _train_cell(configs, cell_folders, threads, progress, deadline)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            submitted = [pool.submit(_train_cell, c, f, threads) for c, f in cells.values()]
+            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline) for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))
     return folders
@@ -134,6 +140,8 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
             "best_epoch": metrics["best_epoch"],
             "epochs_run": metrics["epochs_run"],
             "max_epochs": metrics["config"]["max_epochs"],
+            "stopped": stop_reason(metrics["epochs_run"], metrics["best_epochs"], metrics["config"]["max_epochs"],
+                                   metrics["config"]["patience"]),
             "train_seconds": metrics["train_seconds"],
             "git_commit": metrics["provenance"]["git_commit"],
             "dataset_sha256": metrics["provenance"]["dataset_sha256"],

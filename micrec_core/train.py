@@ -323,11 +323,13 @@ class Run:
     on_epoch: Callable[[dict[str, Any]], None] | None
     checkpoint_every: float = 0.0
     saved_at: float = field(default_factory=time.perf_counter)
+    out_of_time: bool = False
 
     @property
     def done(self) -> bool:
-        """Whether max_epochs is reached or every stopping group ran out of patience."""
-        return self.state.epoch >= self.s.config.max_epochs or _exhausted(self.state, self.s.config.patience)
+        """Whether max_epochs is reached, every stopping group ran out of patience, or the wall deadline passed."""
+        c, state = self.s.config, self.state
+        return state.epoch >= c.max_epochs or _exhausted(state.epoch, state.best_epoch, c.patience) or self.out_of_time
 
 
 def start_run(
@@ -354,8 +356,11 @@ def start_run(
     return Run(s, optimizer, generator, state, checkpoint, on_epoch, checkpoint_every)
 
 
-def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float) -> None:
-    """Validate, keep each stopping group's best weights, record the epoch, checkpoint, call back."""
+def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float, late: bool = False) -> None:
+    """Validate, keep each stopping group's best weights, record the epoch, checkpoint, call back.
+
+    late: the wall deadline has passed, so this is the run's last epoch (checkpointed like any last epoch).
+    """
     s, state, c = run.s, run.state, run.s.config
     val = validate(s, alpha)
     groups = _groups(c)
@@ -370,6 +375,7 @@ def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float
               **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
     state.history.append(record)
     state.epoch += 1
+    run.out_of_time = late
     if run.checkpoint is not None and (time.perf_counter() - run.saved_at >= run.checkpoint_every or run.done):
         _save_checkpoint(run.checkpoint, s, run.optimizer, run.generator, state)
         run.saved_at = time.perf_counter()
@@ -382,21 +388,37 @@ def train(
     run_dir: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
 ) -> TrainState:
-    """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end."""
+    """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end.
+
+    deadline: a `time.time()` after which no further epoch starts (the run then keeps its best epoch so far).
+    """
     run = start_run(s, run_dir, resume, on_epoch)
     while not run.done:
         started = time.perf_counter()
         alpha = alpha_at(run.state.epoch)
         losses = [train_step(s, alpha, run.generator, run.optimizer) for _ in range(s.config.batches_per_epoch)]
-        end_epoch(run, alpha, losses, started)
+        end_epoch(run, alpha, losses, started, past(deadline))
     restore_best(s, run.state)
     return run.state
 
 
-def _exhausted(state: TrainState, patience: int) -> bool:
+def past(deadline: float | None) -> bool:
+    """Whether a wall-clock deadline (`time.time()` seconds) is set and has passed."""
+    return deadline is not None and time.time() >= deadline
+
+
+def _exhausted(epochs_run: int, best_epochs: list[int], patience: int) -> bool:
     """True once every stopping group has gone `patience` epochs without improving."""
-    return all(state.epoch - (best + 1) >= patience for best in state.best_epoch)
+    return all(epochs_run - (best + 1) >= patience for best in best_epochs)
+
+
+def stop_reason(epochs_run: int, best_epochs: list[int], max_epochs: int, patience: int) -> str:
+    """Why a finished run stopped: 'early stop' (patience ran out), 'max_epochs', or 'time budget' (a deadline)."""
+    if _exhausted(epochs_run, best_epochs, patience):
+        return "early stop"
+    return "max_epochs" if epochs_run >= max_epochs else "time budget"
 
 
 def restore_best(s: Setup, state: TrainState) -> None:

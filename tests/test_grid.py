@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from micrec_core.batched import RANKING_ATOL
 from micrec_core.grid import collect, run_grid, variant_config
+from micrec_core.train import stop_reason
 
 
 def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -73,3 +75,29 @@ def test_variant_settings() -> None:
 def test_unknown_variant_is_named() -> None:
     with pytest.raises(ValueError, match="variant must be one of"):
         variant_config("bpr", Path("."), 0)
+
+
+def test_a_time_budget_stops_runs_at_their_best_epoch_so_far(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 50, "batches_per_epoch": 2, "device": "cpu"}
+    deadline = time.time() + 3600
+    run_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path / "in_time", together=True, deadline=deadline,
+             **(small | {"max_epochs": 2}))
+    run_grid(tiny_dataset, ["inmo", "lightgcn"], [0], tmp_path / "late", deadline=time.time(), **small)
+    run_grid(tiny_dataset, ["inmo", "no-mm"], [0, 1], tmp_path / "late_together", together=True,
+             deadline=time.time(), **small)
+    in_time = collect(tmp_path / "in_time", tiny_dataset).drop_duplicates(["variant", "seed"])
+    assert set(in_time["stopped"]) == {"max_epochs"} and set(in_time["epochs_run"]) == {2}
+    for folder in ("late", "late_together"):
+        runs = collect(tmp_path / folder, tiny_dataset).drop_duplicates(["variant", "seed"])
+        assert len(runs) > 1 and set(runs["stopped"]) == {"time budget"} and set(runs["epochs_run"]) == {1}
+        for path in (tmp_path / folder).glob("*/*/seed*/metrics.json"):
+            metrics = json.loads(path.read_text())
+            assert metrics["stopped"] == "time budget" and metrics["best_epoch"] == 0
+            assert (path.parent / "model.pt").is_file()
+
+
+def test_stop_reason() -> None:
+    assert stop_reason(60, [9], max_epochs=60, patience=50) == "early stop"
+    assert stop_reason(60, [9, 10], max_epochs=60, patience=50) == "max_epochs"
+    assert stop_reason(60, [9, 10], max_epochs=1000, patience=50) == "time budget"
+    assert stop_reason(1000, [999], max_epochs=1000, patience=50) == "max_epochs"
