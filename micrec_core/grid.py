@@ -140,8 +140,7 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
             "best_epoch": metrics["best_epoch"],
             "epochs_run": metrics["epochs_run"],
             "max_epochs": metrics["config"]["max_epochs"],
-            "stopped": stop_reason(metrics["epochs_run"], metrics["best_epochs"], metrics["config"]["max_epochs"],
-                                   metrics["config"]["patience"]),
+            "stopped": why_stopped(metrics),
             "train_seconds": metrics["train_seconds"],
             "git_commit": metrics["provenance"]["git_commit"],
             "dataset_sha256": metrics["provenance"]["dataset_sha256"],
@@ -156,3 +155,46 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
                             rows.append(base | {"source": source, "domain": domain, "group": group,
                                                 "metric": metric, "value": value})
     return pd.DataFrame(rows)
+
+
+def why_stopped(metrics: dict[str, Any]) -> str:
+    """Why a run in metrics.json stopped: 'early stop', 'max_epochs' or 'time budget' (files of any version)."""
+    config = metrics["config"]
+    return stop_reason(metrics["epochs_run"], metrics["best_epochs"], config["max_epochs"], config["patience"])
+
+
+def provenance_table(run_info: pd.DataFrame) -> pd.DataFrame:
+    """Per run (rows of `collect`, one per run): commit, data hash, device, epochs, seconds and why it stopped."""
+    table = run_info[["git_commit", "dataset_sha256", "device", "max_epochs", "epochs_run", "best_epoch",
+                      "train_seconds", "stopped"]].copy()
+    table["git_commit"] = table["git_commit"].fillna("unknown").str[:10]
+    table["dataset_sha256"] = table["dataset_sha256"].str[:12]
+    table["train_seconds"] = table["train_seconds"].round(1)
+    return table
+
+
+def provenance_line(table: pd.DataFrame, data_label: str, seeds: list[int], min_count: int) -> str:
+    """The line above every result table: data, its hash, code commits, devices, seeds, max_epochs."""
+    commits = ", ".join(sorted(set(table["git_commit"])))
+    devices = ", ".join(sorted(set(table["device"])))
+    hashes = ", ".join(sorted(set(table["dataset_sha256"])))
+    max_epochs = ", ".join(str(m) for m in sorted(set(table["max_epochs"])))
+    return (f"{data_label} | dataset sha256 {hashes} | code {commits} | device {devices} | min_count {min_count} | "
+            f"training seeds {seeds} | max_epochs {max_epochs}")
+
+
+def stopping_statement(stopped: Iterable[str], max_epochs: int, patience: int = Config.patience) -> str:
+    """One sentence on why the runs stopped, saying plainly when they were not trained to early stop."""
+    counts = pd.Series(list(stopped), dtype=str).value_counts()
+    total, early = int(counts.sum()), int(counts.get("early stop", 0))
+    if early == total:
+        return f"All {total} runs stopped by early stopping (patience {patience} ran out) before max_epochs."
+    parts = []
+    if counts.get("max_epochs", 0):
+        parts.append(f"{counts['max_epochs']} at the max_epochs = {max_epochs} cap")
+    if counts.get("time budget", 0):
+        parts.append(f"{counts['time budget']} at the training session's time budget (evaluated at their best "
+                     "epoch so far)")
+    return (f"{total - early} of {total} runs stopped NOT at early stop (patience {patience}) but "
+            f"{' and '.join(parts)}; {early} early-stopped. Runs not early-stopped compare the models at a fixed "
+            "training budget, not trained to convergence.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from micrec_core.batched import RANKING_ATOL
-from micrec_core.grid import collect, run_grid, variant_config
+from micrec_core.grid import collect, run_grid, stopping_statement, variant_config
 from micrec_core.train import stop_reason
 
 
@@ -101,3 +101,10 @@ def test_stop_reason() -> None:
     assert stop_reason(60, [9, 10], max_epochs=60, patience=50) == "max_epochs"
     assert stop_reason(60, [9, 10], max_epochs=1000, patience=50) == "time budget"
     assert stop_reason(1000, [999], max_epochs=1000, patience=50) == "max_epochs"
+
+
+def test_stopping_statement_says_when_runs_were_not_trained_to_early_stop() -> None:
+    assert stopping_statement(["early stop"] * 3, 1000).startswith("All 3 runs stopped by early stopping")
+    mixed = stopping_statement(["early stop", "time budget", "time budget", "max_epochs"], 60)
+    assert "3 of 4 runs stopped NOT at early stop" in mixed
+    assert "1 at the max_epochs = 60 cap" in mixed and "2 at the training session's time budget" in mixed
