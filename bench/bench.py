@@ -1,11 +1,12 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-       [--together K] [--union] [--early-stop] [--profile]
+       [--together K] [--union] [--graph] [--early-stop] [--profile]
 --models takes any `micrec grid` variant (micrec, no-mm, ..., inmo, lightgcn). With --together K, K seeds train
 as one union graph (`micrec_core.batched`); steps/s then counts the optimizer steps of all K runs (K per union
 step), the figure to compare with the plain path's. --union puts every model of --models x K seeds in ONE union,
-as `micrec grid` does on a GPU. Prints one line per model (one for the union); a figure, not a test.
+as `micrec grid` does on a GPU; --graph replays each epoch of the union from a CUDA graph. Prints one line per model
+(one for the union); a figure, not a test.
 --early-stop instead trains to early stop (patience 50, at most --max-epochs) and prints the epochs run,
 the best epoch and the wall seconds.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from micrec_core.batched import Together, train_together
+from micrec_core.batched import Together, epoch_steps, train_together
 from micrec_core.dataset import load_pair
 from micrec_core.grid import variant_config
 from micrec_core.inference import evaluate_test, inference_phase
@@ -41,13 +42,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(
-    dataset: Path, variants: list[str], device: str, epochs: int, together: int = 0, profile: bool = False
+    dataset: Path, variants: list[str], device: str, epochs: int, together: int = 0, profile: bool = False,
+    graph: bool = False,
 ) -> dict[str, float]:
     """Time `epochs` epochs of training (after one warm-up epoch), one validation and one test evaluation.
 
     together = 0: the plain path (`train_step`) of the first variant; K >= 1: K seeds of every variant as one
     union graph (`Together.step`). profile: also count the aten operations per run-step over 10 steps and give
-    the three with the largest share of time. Validation and evaluation time one run (the first).
+    the three with the largest share of time (eager steps). graph: each epoch of the union replays a CUDA graph
+    (`batched.epoch_steps`). Validation and evaluation time one run (the first).
     """
     pair = load_pair(dataset)
     configs = [variant_config(v, dataset, k, device=device) for v in variants for k in range(max(together, 1))]
@@ -58,18 +61,23 @@ def bench(
 
         def step(alpha: float) -> None:
             union.step(alpha)
+
+        def epoch(alpha: float) -> None:
+            epoch_steps(union, alpha, config.batches_per_epoch, graph)
     else:
         run = start_run(s, None, False, None)
 
         def step(alpha: float) -> None:
             train_step(s, alpha, run.generator, run.optimizer)
-    for _ in range(config.batches_per_epoch):
-        step(alpha_at(0))
+
+        def epoch(alpha: float) -> None:
+            for _ in range(config.batches_per_epoch):
+                step(alpha)
+    epoch(alpha_at(0))
     sync(s.device)
     started = time.perf_counter()
-    for epoch in range(epochs):
-        for _ in range(config.batches_per_epoch):
-            step(alpha_at(epoch))
+    for e in range(epochs):
+        epoch(alpha_at(e))
     sync(s.device)
     epoch_s = (time.perf_counter() - started) / epochs
     figures = {}
@@ -131,6 +139,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--together", type=int, default=0, help="K seeds as one union graph (0: plain path)")
     parser.add_argument("--union", action="store_true", help="every model x K seeds in one union graph")
+    parser.add_argument("--graph", action="store_true", help="with --together: replay each epoch from a CUDA graph")
     parser.add_argument("--early-stop", action="store_true", help="train to early stop and time it")
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="count operations per step and their time shares")
@@ -138,13 +147,13 @@ def main() -> None:
     print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"together={args.together}")
     models = args.models.split(",")
-    if args.union and not args.together:
-        parser.error("--union needs --together K")
+    if (args.union or args.graph) and not args.together:
+        parser.error("--union and --graph need --together K")
     for variants in [models] if args.union else [[m] for m in models]:
         if args.early_stop:
             figures = early_stop(args.dataset, variants, args.device, args.together, args.max_epochs)
         else:
-            figures = bench(args.dataset, variants, args.device, args.epochs, args.together, args.profile)
+            figures = bench(args.dataset, variants, args.device, args.epochs, args.together, args.profile, args.graph)
         print("+".join(variants).ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 

@@ -1,7 +1,7 @@
 """Check, on a real pair and device, that runs trained together compute what each run computes alone.
 
 Usage: python bench/check_fast_path.py --dataset DIR [--device cuda] [--variants micrec,no-mm,inmo] [--seeds 2]
-       [--epochs 3]
+       [--epochs 3] [--graph]
 Trains each (variant, seed) alone (`train.train`) and all as one union graph (`batched.train_together`), then
 compares every epoch's loss and validation NDCG, the final scores and the test metrics. Prints the largest
 differences; exits 1 beyond the tolerances of `micrec_core.batched` (LOSS_RTOL, SCORE_RTOL, RANKING_ATOL).
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--variants", default="micrec,no-mm,inmo")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--graph", action="store_true", help="train the union from CUDA graphs (batched.epoch_steps)")
     args = parser.parse_args()
     pair = load_pair(args.dataset)
     configs = [variant_config(v, args.dataset, k, device=args.device, max_epochs=args.epochs)
@@ -49,7 +50,7 @@ def main() -> None:
         s = setup(pair, config)
         alone.append((s, train(s)))
     setups = [setup(pair, config) for config in configs]
-    states = train_together(setups)
+    states = train_together(setups, graph=args.graph)
     loss, ranking, score, epochs_match = 0.0, 0.0, 0.0, True
     for (s_a, state_a), s_b, state_b in zip(alone, setups, states, strict=True):
         epochs_match &= state_a.best_epoch == state_b.best_epoch and state_a.epoch == state_b.epoch
@@ -61,7 +62,8 @@ def main() -> None:
         scores_a, scores_b = (inference_scores(s, domain_alphas(s, st)) for s, st in ((s_a, state_a), (s_b, state_b)))
         for a, b in zip(scores_a, scores_b, strict=True):
             score = max(score, float((a - b).abs().max() / a.abs().max()))
-    print(f"{args.variants} on {args.dataset.name}, {args.seeds} seeds x {args.epochs} epochs, device {args.device}")
+    print(f"{args.variants} on {args.dataset.name}, {args.seeds} seeds x {args.epochs} epochs, device {args.device}"
+          f"{', union from CUDA graphs' if args.graph else ''}")
     print(f"together vs alone: same epochs and best epochs: {epochs_match}; largest relative loss difference "
           f"{loss:.1e} (tolerance {LOSS_RTOL}), relative score difference {score:.1e} ({SCORE_RTOL}), absolute "
           f"validation/test metric difference {ranking:.1e} ({RANKING_ATOL})")

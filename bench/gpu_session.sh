@@ -12,6 +12,9 @@
 # (timeout_s 600). The device image has torch, pandas, pyarrow and tqdm, which is all the core needs to train (the
 # encoders are not loaded: features come cached). .gpu/ is git-ignored.
 #
+# Run it as `MICREC_GIT_COMMIT=<the commit> bash bench/gpu_session.sh`: the device copy of .git can be stale (seen
+# 2026-11-27), and the runs must record the code that ran.
+#
 # The whole script keeps to BUDGET seconds of wall time: the fast-path check and the benchmark are cut by their
 # own timeouts, and the grid gets what is left less MARGIN, through `micrec grid --stop-after`: a run still
 # training then stops at its epoch's end, is evaluated at its best epoch so far, and its metrics.json says

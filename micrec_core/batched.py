@@ -247,6 +247,40 @@ class Together:
         return list(losses.detach().unbind())
 
 
+def epoch_steps(together: Together, alpha: float, steps: int, graph: bool = False) -> list[list[torch.Tensor]]:
+    """`steps` optimizer steps of every run at one alpha; each step's losses ([K] tensors, still on the device).
+
+    graph: the first step runs eagerly (on a side stream: it also warms up lazily created handles), then one step
+    is captured in a CUDA graph and replayed for the rest. A replay launches the captured kernels in their order
+    with each run's generator advanced as the eager step would (every generator is registered with the graph),
+    and Adam runs capturable: the same function, without the per-operation launch cost. CUDA only; alpha is a
+    constant of the graph, so each epoch captures anew.
+    """
+    if not graph:
+        return [together.step(alpha) for _ in range(steps)]
+    if together.runs[0].s.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, got {together.runs[0].s.device}")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = [together.step(alpha)]
+    torch.cuda.current_stream().wait_stream(side)
+    if steps == 1:
+        return out
+    cuda_graph = torch.cuda.CUDAGraph()
+    for run in together.runs:
+        cuda_graph.register_generator_state(run.generator)
+        for group in run.optimizer.param_groups:
+            group["capturable"] = True
+        run.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the graph's own gradients
+    with torch.cuda.graph(cuda_graph):
+        static = torch.stack(together.step(alpha))
+    for _ in range(steps - 1):
+        cuda_graph.replay()
+        out.append(list(static.clone().unbind()))
+    return out
+
+
 def _stacked_weights(weights: list[torch.Tensor]) -> torch.Tensor:
     """Each run's SE weight as one [K, d, d] tensor (INMO's diagonal w as diag(w): the same scores) or [K, d]."""
     if all(w.dim() == 1 for w in weights):
@@ -262,6 +296,7 @@ def train_together(
     on_done: Callable[[int, TrainState], None] | None = None,
     checkpoint_every: float = 0.0,
     deadline: float | None = None,
+    graph: bool = False,
 ) -> list[TrainState]:
     """Train runs with equal union keys as one model, each to its own early stop; their final states.
 
@@ -269,6 +304,7 @@ def train_together(
     stops leaves the union with its best weights restored, and `on_done(k, state)` is called at once, so a run's
     results can be kept before the others finish. Epoch times are wall times shared by the runs trained together.
     deadline: a `time.time()` after which no further epoch starts (every run keeps its best epoch so far).
+    graph: replay each epoch's steps from a CUDA graph (`epoch_steps`).
     """
     dirs = list(run_dirs) if run_dirs is not None else [None] * len(setups)
     runs = [
@@ -294,7 +330,7 @@ def train_together(
             together = Together.of(group)
         started = time.perf_counter()
         alpha = alpha_at(epoch)
-        losses = [together.step(alpha) for _ in range(setups[0].config.batches_per_epoch)]
+        losses = epoch_steps(together, alpha, setups[0].config.batches_per_epoch, graph)
         late = past(deadline)
         for k, run in enumerate(group):
             end_epoch(run, alpha, [step[k] for step in losses], started, late)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import zlib
 from dataclasses import asdict, dataclass
@@ -178,7 +179,10 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _git_commit() -> str | None:
-    """The commit of the code that runs, if it lives in a git checkout."""
+    """The commit of the code that runs: $MICREC_GIT_COMMIT when set (a copied tree whose .git may be stale, as on
+    the device machine), else HEAD of the git checkout it lives in, if any."""
+    if os.environ.get("MICREC_GIT_COMMIT"):
+        return os.environ["MICREC_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True

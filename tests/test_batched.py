@@ -12,6 +12,7 @@ from micrec_core.batched import (
     RANKING_ATOL,
     SCORE_RTOL,
     Together,
+    epoch_steps,
     train_together,
     union_key,
     union_phase,
@@ -160,3 +161,14 @@ def test_checkpoints_follow_the_interval_and_the_last_epoch(tiny_pair: PairData,
     assert not any((f / CHECKPOINT).exists() for f in folders)  # the interval had not passed
     train_together([setup(tiny_pair, quick(seed=k), feats) for k in (0, 1)], folders, checkpoint_every=3600)
     assert [torch.load(f / CHECKPOINT, weights_only=False)["state"].epoch for f in folders] == [3, 3]
+
+
+def test_epoch_steps_without_a_graph_are_plain_union_steps(tiny_pair: PairData) -> None:
+    feats = random_features(tiny_pair)
+    runs = [[start_run(setup(tiny_pair, quick(seed=seed), feats), None, False, None) for seed in (0, 1)]
+            for _ in range(2)]
+    stepped = [Together.of(runs[0]).step(alpha_at(0)) for _ in range(3)]
+    epoch = epoch_steps(Together.of(runs[1]), alpha_at(0), 3)
+    assert [[float(x) for x in step] for step in epoch] == [[float(x) for x in step] for step in stepped]
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        epoch_steps(Together.of(runs[1]), alpha_at(0), 3, graph=True)
