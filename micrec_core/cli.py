@@ -96,10 +96,11 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
     given = {"max_epochs": args.max_epochs}
     overrides = {k: v for k, v in given.items() if v is not None}
-    together = {"auto": None, "yes": True, "no": False}[args.together]
+    choice = {"auto": None, "yes": True, "no": False}
+    together, graph = choice[args.together], choice[args.graph]
     folders = run_grid(
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
-        jobs=args.jobs, threads=args.threads, together=together, device=args.device,
+        jobs=args.jobs, threads=args.threads, together=together, graph=graph, device=args.device,
         deadline=None if args.stop_after is None else time.time() + args.stop_after, **overrides,
     )
     _print([str(f) for f in folders])
@@ -179,9 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn")
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
-    grid.add_argument("--jobs", type=int, default=1, help="variants trained at once, one process each")
+    grid.add_argument("--jobs", type=int, default=1, help="cells (unions or single runs) trained at once, one "
+                      "process each")
     grid.add_argument("--together", default="auto", choices=("auto", "yes", "no"),
-                      help="train a variant's seeds as one union graph (auto: on a GPU)")
+                      help="train runs that can share a union graph as one model (auto: on a GPU)")
+    grid.add_argument("--graph", default="auto", choices=("auto", "yes", "no"),
+                      help="replay each epoch's union steps from a CUDA graph (auto: with --together on a GPU)")
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     grid.add_argument("--max-epochs", type=int, default=None)

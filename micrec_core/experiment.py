@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def run_experiment(
 
 def run_together(
     configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True,
-    checkpoint_every: float = 60.0, deadline: float | None = None,
+    checkpoint_every: float = 60.0, deadline: float | None = None, graph: bool = False,
 ) -> None:
     """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys).
 
@@ -72,10 +73,10 @@ def run_together(
     bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
 
     def done(k: int, state: TrainState) -> None:
-        _write_results(setups[k], state, Path(outs[k]), together=len(configs))
+        _write_results(setups[k], state, Path(outs[k]), together=len(configs), graph=graph)
 
     train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
-                   checkpoint_every=checkpoint_every, deadline=deadline)
+                   checkpoint_every=checkpoint_every, deadline=deadline, graph=graph)
     bar.close()
 
 
@@ -84,13 +85,13 @@ def _label(config: Config) -> str:
     return f"{config.model}{'/' + config.ablation if config.ablation else ''}"
 
 
-def _write_results(s: Setup, state: TrainState, out: Path, together: int) -> dict[str, Any]:
+def _write_results(s: Setup, state: TrainState, out: Path, together: int, graph: bool = False) -> dict[str, Any]:
     """Evaluate a trained run on E_test and write OUT/metrics.json and OUT/model.pt."""
     config = s.config
     alphas = domain_alphas(s, state)
     metrics = {
         "config": config.to_dict(),
-        "provenance": provenance(s.pair.path, s.device) | {"trained_together": together},
+        "provenance": provenance(s.pair.path, s.device) | {"trained_together": together, "cuda_graphs": graph},
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
         "epochs_run": state.epoch,
@@ -108,10 +109,17 @@ def _write_results(s: Setup, state: TrainState, out: Path, together: int) -> dic
 
 
 def load_run(run: Path, dataset: Path | None = None) -> tuple[Setup, list[float]]:
-    """A trained model ready for inference: rebuilt from the run's config (templates are a function of E_tr)."""
+    """A trained model ready for inference: rebuilt from the run's config (templates are a function of E_tr).
+
+    dataset: where this machine holds the run's data (a run trained elsewhere names another path); it must be
+    the same build, by the sha256 in the run's metrics.json.
+    """
     payload = torch.load(Path(run) / MODEL_FILE, map_location="cpu", weights_only=False)
     config = Config.from_dict(payload["config"])
     if dataset is not None:
+        trained_on = json.loads((Path(run) / "metrics.json").read_text())["provenance"]["dataset_sha256"]
+        if dataset_sha256(Path(dataset)) != trained_on:
+            raise ValueError(f"{run}: trained on data with sha256 {trained_on[:12]}, not the build in {dataset}")
         config.dataset = str(dataset)
     config.device = "cpu"
     s = setup(load_pair(Path(config.dataset)), config)

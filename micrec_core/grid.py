@@ -73,13 +73,13 @@ def _finished(folder: Path, config: Config, data_hash: str) -> bool:
 
 def _train_cell(
     configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False,
-    deadline: float | None = None,
+    deadline: float | None = None, graph: bool = False,
 ) -> list[Path]:
-    """Worker: train one cell, as one union graph when it holds several runs."""
+    """Worker: train one cell, as one union graph when it holds several runs (or asked for CUDA graphs)."""
     if threads is not None:
         torch.set_num_threads(threads)
-    if len(configs) > 1:
-        run_together(configs, folders, resume=True, progress=progress, deadline=deadline)
+    if len(configs) > 1 or graph:
+        run_together(configs, folders, resume=True, progress=progress, deadline=deadline, graph=graph)
     else:
         run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline)
     return folders
@@ -88,7 +88,7 @@ def _train_cell(
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
     jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
-    **overrides: Any,
+    graph: bool | None = None, **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, seed) not already finished; returns the run folders.
 
@@ -96,13 +96,16 @@ def run_grid(
     ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
     only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
     jobs: cells (unions, or single runs) trained at once, one process each.
+    graph: replay each epoch's union steps from a CUDA graph (`batched.epoch_steps`, checked against the plain path
+    by bench/check_fast_path.py --graph); None = wherever `together` is on and the device is CUDA.
     deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
     its best epoch so far; its metrics.json says "stopped": "time budget", and it counts as finished.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    if together is None:
-        together = pick_device(overrides.get("device", "auto")).type == "cuda"
+    cuda = pick_device(overrides.get("device", "auto")).type == "cuda"
+    together = cuda if together is None else together
+    graph = together and cuda if graph is None else graph
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
     folders, cells = [], {}
@@ -118,11 +121,11 @@ def run_grid(
             folders.append(folder)
     if jobs == 1:
         for configs, cell_folders in cells.values():
-            _train_cell(configs, cell_folders, threads, progress, deadline)
+            _train_cell(configs, cell_folders, threads, progress, deadline, graph)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline) for c, f in cells.values()]
+            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph) for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))
     return folders

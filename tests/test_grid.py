@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from micrec_core.batched import RANKING_ATOL
+from micrec_core.experiment import load_run
 from micrec_core.grid import collect, run_grid, stopping_statement, variant_config
 from micrec_core.train import stop_reason
 
@@ -108,3 +109,21 @@ def test_stopping_statement_says_when_runs_were_not_trained_to_early_stop() -> N
     mixed = stopping_statement(["early stop", "time budget", "time budget", "max_epochs"], 60)
     assert "3 of 4 runs stopped NOT at early stop" in mixed
     assert "1 at the max_epochs = 60 cap" in mixed and "2 at the training session's time budget" in mixed
+
+
+def test_a_run_trained_elsewhere_loads_against_the_same_data_only(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    s, alphas = load_run(folder, tiny_dataset)
+    assert s.pair.path == tiny_dataset and alphas == metrics["alphas"]
+    metrics["provenance"]["dataset_sha256"] = "0" * 64  # as if trained on another build of the data
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="trained on data with sha256 000000000000"):
+        load_run(folder, tiny_dataset)
+
+
+def test_cuda_graphs_are_refused_on_a_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        run_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, together=True, graph=True, **small)
