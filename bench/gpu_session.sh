@@ -20,8 +20,9 @@
 # training then stops at its epoch's end, is evaluated at its best epoch so far, and its metrics.json says
 # "stopped": "time budget" (the book counts such runs apart from those that early-stopped).
 #
-# It writes: device.txt (GPU, torch, commit), check.txt (fast path == plain path on the GPU), bench.txt (steps/s,
-# inference + evaluation time, peak memory, operation counts; plain, and the grid's 30-run union), grid_<pair>.log
+# It writes: device.txt (GPU, torch, commit), check.txt (the union from CUDA graphs == each run alone, on the GPU),
+# bench.txt (steps/s, inference + evaluation time, peak memory, operation counts; plain eager, and the grid's 30-run
+# union from CUDA graphs), grid_<pair>.log
 # (the grid's wall time; per pair three unions: MICRec + ablations + INMO, MICRec with InfoNCE, LightGCN; one
 # process each) and runs_<pair>.tar.gz (every run's metrics.json and config.json, and model.pt of the seed-0
 # MICRec and INMO runs that chapters 4 and 9 load). Back here, each pair's runs go where `micrec reproduce`
@@ -53,14 +54,14 @@ if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
 
 say "fast path check on $BENCH_PAIR"
 timeout "$CHECK_SECONDS" python3 bench/check_fast_path.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" \
-  --variants micrec,inmo --seeds 2 --epochs 2 > "$OUT/check.txt" 2>&1
+  --variants micrec,inmo --seeds 2 --epochs 2 $([ "$DEVICE" = cuda ] && echo --graph) > "$OUT/check.txt" 2>&1
 say "check exit $?"
 
 say "bench: plain path, then the grid's union of $UNION x $SEEDS seeds"
 { timeout "$BENCH_SECONDS" bash -c "
   python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs $BENCH_EPOCHS --profile
   python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs 1 --together $SEEDS \
-    --union --models $UNION --profile"
+    --union --models $UNION $([ "$DEVICE" = cuda ] && echo --graph)"
   echo "bench exit $?"
 } > "$OUT/bench.txt" 2>&1
 say "bench done"
