@@ -48,7 +48,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
 if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
 
-{ git rev-parse HEAD 2>/dev/null; nvidia-smi 2>/dev/null; nproc
+{ echo "commit ${MICREC_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; nvidia-smi 2>/dev/null; nproc
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 } > "$OUT/device.txt" 2>&1
 
