@@ -36,3 +36,19 @@ def test_fast_path_check_passes_on_cpu(tiny_dataset: Path) -> None:
                   "--epochs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK: the fast path computes the plain path's function" in done.stdout
+
+
+def test_bench_times_the_grids_union_and_refuses_graphs_off_a_gpu(tiny_dataset: Path) -> None:
+    done = script("bench.py", "--dataset", str(tiny_dataset), "--models", "no-mm,inmo", "--epochs", "1",
+                  "--together", "2", "--union")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("no-mm+inmo") and "steps_per_s=" in done.stdout
+    done = script("bench.py", "--dataset", str(tiny_dataset), "--models", "inmo", "--epochs", "1", "--together", "1",
+                  "--graph")
+    assert done.returncode != 0 and "CUDA graphs need a CUDA device" in done.stderr
+
+
+def test_validation_profile_prints_warm_timings(tiny_dataset: Path) -> None:
+    done = script("profile_validation.py", "--dataset", str(tiny_dataset), "--variant", "inmo", "--repeat", "2")
+    assert done.returncode == 0, done.stderr
+    assert "warm median" in done.stdout and "aten::topk" in done.stdout
