@@ -20,14 +20,14 @@ from micrec_core.train import Setup, TrainState, domain_alphas, setup, stop_reas
 MODEL_FILE = "model.pt"
 
 
-def provenance(dataset: Path, device: torch.device) -> dict[str, Any]:
-    """Where a result came from: code commit, data hash, device and library versions."""
+def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[str, Any]:
+    """Where a result came from: code commit (read when training started), data hash, device, library versions."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = f"{platform.machine()}, {torch.get_num_threads()} threads"
     return {
-        "git_commit": code_version()["git_commit"],
+        "git_commit": commit,
         "dataset_sha256": dataset_sha256(dataset),
         "device": f"{device.type}: {name}",
         "torch": torch.__version__,
@@ -52,9 +52,10 @@ def run_experiment(
         bar.update(1)
         bar.set_postfix({k.split("/")[-1][:8]: round(v, 4) for k, v in record.items() if k.startswith("val_")})
 
+    commit = code_version()["git_commit"]  # the code that trains, even if a commit lands while it runs
     state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline)
     bar.close()
-    return _write_results(s, state, out, together=1)
+    return _write_results(s, state, out, commit, together=1)
 
 
 def run_together(
@@ -71,9 +72,10 @@ def run_together(
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / "config.json", config.to_dict())
     bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
+    commit = code_version()["git_commit"]
 
     def done(k: int, state: TrainState) -> None:
-        _write_results(setups[k], state, Path(outs[k]), together=len(configs), graph=graph)
+        _write_results(setups[k], state, Path(outs[k]), commit, together=len(configs), graph=graph)
 
     train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
                    checkpoint_every=checkpoint_every, deadline=deadline, graph=graph)
@@ -85,13 +87,15 @@ def _label(config: Config) -> str:
     return f"{config.model}{'/' + config.ablation if config.ablation else ''}"
 
 
-def _write_results(s: Setup, state: TrainState, out: Path, together: int, graph: bool = False) -> dict[str, Any]:
+def _write_results(
+    s: Setup, state: TrainState, out: Path, commit: str | None, together: int, graph: bool = False
+) -> dict[str, Any]:
     """Evaluate a trained run on E_test and write OUT/metrics.json and OUT/model.pt."""
     config = s.config
     alphas = domain_alphas(s, state)
     metrics = {
         "config": config.to_dict(),
-        "provenance": provenance(s.pair.path, s.device) | {"trained_together": together, "cuda_graphs": graph},
+        "provenance": provenance(s.pair.path, s.device, commit) | {"trained_together": together, "cuda_graphs": graph},
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
         "epochs_run": state.epoch,

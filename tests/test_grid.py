@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import micrec_core.experiment as experiment
 from micrec_core.batched import RANKING_ATOL
 from micrec_core.experiment import load_run
 from micrec_core.grid import collect, run_grid, stopping_statement, variant_config
@@ -127,3 +128,21 @@ def test_cuda_graphs_are_refused_on_a_cpu(tiny_dataset: Path, tmp_path: Path) ->
     small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         run_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, together=True, graph=True, **small)
+
+
+def test_a_run_records_the_commit_it_started_with(tiny_dataset: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    head = {"git_commit": "started-with"}
+    real_train = experiment.train
+
+    def train_while_a_commit_lands(*args: object, **kwargs: object) -> object:
+        state = real_train(*args, **kwargs)
+        head["git_commit"] = "landed-later"
+        return state
+
+    monkeypatch.setattr(experiment, "code_version", lambda: dict(head))
+    monkeypatch.setattr(experiment, "train", train_while_a_commit_lands)
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
+    assert head["git_commit"] == "landed-later"
+    assert json.loads((folder / "metrics.json").read_text())["provenance"]["git_commit"] == "started-with"
