@@ -21,7 +21,7 @@ import torch
 from micrec_core.batched import union_key
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
-from micrec_core.experiment import run_experiment, run_together
+from micrec_core.experiment import MODEL_FILE, run_experiment, run_together
 from micrec_core.train import pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
@@ -54,14 +54,14 @@ def run_dir(runs: Path, dataset: Path, variant: str, seed: int) -> Path:
     return Path(runs) / Path(dataset).resolve().name / variant / f"seed{seed}"
 
 
-def _finished(folder: Path, config: Config, data_hash: str) -> bool:
+def _finished(folder: Path, config: Config, data_hash: str, need_model: bool = False) -> bool:
     """Whether `folder` holds a finished run of this config on this data, trained on any machine.
 
     The device and the dataset's path are not compared (a GPU machine has other paths); the data's identity is
-    its sha256.
+    its sha256. need_model: its model.pt must be there too (a clone or a GPU session carries metrics only).
     """
     path = folder / "metrics.json"
-    if not path.is_file():
+    if not path.is_file() or (need_model and not (folder / MODEL_FILE).is_file()):
         return False
     metrics = json.loads(path.read_text())
     machine = {"device", "dataset"}
@@ -88,7 +88,7 @@ def _train_cell(
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
     jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
-    graph: bool | None = None, **overrides: Any,
+    graph: bool | None = None, need_model: bool = False, **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, seed) not already finished; returns the run folders.
 
@@ -96,6 +96,7 @@ def run_grid(
     ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
     only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
     jobs: cells (unions, or single runs) trained at once, one process each.
+    need_model: retrain a finished run whose model.pt is missing (for callers that load the model).
     graph: replay each epoch's union steps from a CUDA graph (`batched.epoch_steps`, checked against the plain path
     by bench/check_fast_path.py --graph); None = wherever `together` is on and the device is CUDA.
     deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
@@ -113,7 +114,7 @@ def run_grid(
         for seed in seeds:
             config = variant_config(variant, dataset, seed, **overrides)
             folder = run_dir(runs, dataset, variant, seed)
-            if not _finished(folder, config, data_hash):
+            if not _finished(folder, config, data_hash, need_model):
                 key = union_key(config) if together else (variant, seed)
                 cells.setdefault(key, ([], []))
                 cells[key][0].append(config)

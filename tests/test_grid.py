@@ -146,3 +146,17 @@ def test_a_run_records_the_commit_it_started_with(tiny_dataset: Path, tmp_path: 
     folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
     assert head["git_commit"] == "landed-later"
     assert json.loads((folder / "metrics.json").read_text())["provenance"]["git_commit"] == "started-with"
+
+
+def test_callers_that_load_a_model_get_its_run_retrained_when_only_metrics_came(tiny_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
+    (folder / "model.pt").unlink()  # as in a clone: metrics are committed, weights are not
+    (folder / "checkpoint.pt").unlink()
+    stamp = (folder / "metrics.json").stat().st_mtime_ns
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)
+    assert (folder / "metrics.json").stat().st_mtime_ns == stamp and not (folder / "model.pt").exists()
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path, need_model=True, **small)
+    assert (folder / "model.pt").is_file()
+    load_run(folder, tiny_dataset)
