@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -71,6 +74,17 @@ def _finished(folder: Path, config: Config, data_hash: str, need_model: bool = F
     return same and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker once the grid process that started it is gone (killed or crashed)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _train_cell(
     configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False,
     deadline: float | None = None, graph: bool = False,
@@ -125,7 +139,8 @@ def run_grid(
             _train_cell(configs, cell_folders, threads, progress, deadline, graph)
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph) for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))

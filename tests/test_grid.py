@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import micrec_core.experiment as experiment
@@ -160,3 +164,19 @@ def test_callers_that_load_a_model_get_its_run_retrained_when_only_metrics_came(
     run_grid(tiny_dataset, ["inmo"], [0], tmp_path, need_model=True, **small)
     assert (folder / "model.pt").is_file()
     load_run(folder, tiny_dataset)
+
+
+def test_grid_workers_end_when_the_grid_process_is_killed(tiny_dataset: Path, tmp_path: Path) -> None:
+    code = (f"from micrec_core.grid import run_grid; run_grid({str(tiny_dataset)!r}, ['inmo', 'lightgcn'], [0], "
+            f"{str(tmp_path)!r}, jobs=2, threads=1, dim=8, max_epochs=1000, patience=1000, batches_per_epoch=2, "
+            "device='cpu')")
+    grid = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("*/*/seed0/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.5)  # the workers are training
+    children = psutil.Process(grid.pid).children(recursive=True)
+    assert children, "the grid started no worker"
+    grid.kill()
+    grid.wait()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
