@@ -335,7 +335,8 @@ def train_together(
         for k, run in enumerate(group):
             end_epoch(run, alpha, [step[k] for step in losses], started, late)
         for run in active:
-            run.out_of_time |= late
+            if all(run is not stepped for stepped in group):  # a run an epoch ahead (after a resume) stops too
+                run.out_of_time |= late
         close_finished()
     return [run.state for run in runs]
 
