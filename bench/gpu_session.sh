@@ -15,6 +15,11 @@
 # Run it as `MICREC_GIT_COMMIT=<the commit> bash bench/gpu_session.sh`: the device copy of .git can be stale (seen
 # 2026-11-27), and the runs must record the code that ran.
 #
+# The runs live in RUNS_DIR (default .gpu_runs/, git-ignored), which a warm device machine keeps between calls: a
+# second call at once with CONTINUE=1 resumes every run the first call's time budget stopped, from its checkpoint
+# (`micrec grid` does so for any run stopped by a time budget whose checkpoint is there); CONTINUE=1 on a fresh
+# machine, where that folder is gone, exits at once instead of starting the grid over.
+#
 # CHECK_SECONDS=0 and BENCH_SECONDS=0 skip the check and the benchmark (done on 2026-11-27, bench/RESULTS.md) and
 # give the grid the whole budget: epochs to early stop on these pairs were 119-210 on a CPU (RESULTS.md), ~1.5 s
 # each for a 30-run union from CUDA graphs.
@@ -48,8 +53,13 @@ PAIRS=${PAIRS:-"Toys_and_Games_Video_Games Beauty_Electronics"}
 VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,micrec-infonce,lightgcn}
 UNION=micrec,no-mm,no-cd,no-vis,no-txt,inmo
 TOGETHER=${TOGETHER:-auto}
+RUNS_DIR=${RUNS_DIR:-.gpu_runs}
+CONTINUE=${CONTINUE:-0}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
+if [ "$CONTINUE" = 1 ] && [ ! -d "$RUNS_DIR" ]; then
+  say "CONTINUE=1 but $RUNS_DIR is not here (a fresh machine): nothing to resume"; exit 3
+fi
 if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
 
 { echo "commit ${MICREC_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; nvidia-smi 2>/dev/null; nproc
@@ -79,7 +89,7 @@ say "grid: $PAIRS, $SEEDS seeds, $VARIANTS, runs stop after $stop_after s"
 for pair in $PAIRS; do
   ( start=$(date +%s)
     timeout $(( stop_after + MARGIN - 10 )) python3 -m micrec_core.cli grid --dataset "data/processed/$pair" \
-      --variants "$VARIANTS" --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$OUT/grid" \
+      --variants "$VARIANTS" --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$RUNS_DIR" \
       --jobs 3 --threads 2 --together "$TOGETHER" --stop-after "$stop_after" --quiet
     echo "exit $? after $(( $(date +%s) - start )) s wall"
   ) > "$OUT/grid_$pair.log" 2>&1 &
@@ -88,10 +98,10 @@ wait
 say "grid done"
 
 for pair in $PAIRS; do
-  [ -d "$OUT/grid/$pair" ] || continue
-  (cd "$OUT/grid/$pair" && { find . -name metrics.json -o -name config.json
+  [ -d "$RUNS_DIR/$pair" ] || continue
+  (cd "$RUNS_DIR/$pair" && { find . -name metrics.json -o -name config.json
      ls ./micrec/seed0/model.pt ./inmo/seed0/model.pt 2>/dev/null; } | tar czf "$OUT/runs_$pair.tar.gz" -T -)
-  say "$pair: $(find "$OUT/grid/$pair" -name metrics.json | wc -l) finished runs in runs_$pair.tar.gz"
+  say "$pair: $(find "$RUNS_DIR/$pair" -name metrics.json | wc -l) runs in runs_$pair.tar.gz," \
+    "$(grep -l '"stopped": "time budget"' "$RUNS_DIR/$pair"/*/seed*/metrics.json | wc -l) of them stopped by the budget"
 done
-rm -rf "$OUT/grid"
 say "done"

@@ -1,8 +1,9 @@
 """The reproduction grid: every variant x seed on one built pair, resumable, and its results as one table.
 
 Run folders are RUNS/<dataset folder name>/<variant>/seed<k>/ (metrics.json, model.pt, checkpoint.pt). A run whose
-metrics.json already holds the requested config on the same data is reused; a killed run resumes from its
-checkpoint. Notebooks read results through `collect`, so the book never retrains what a GPU session produced.
+metrics.json already holds the requested config on the same data is reused; a killed run, or one stopped by a
+time budget, resumes from its checkpoint. Notebooks read results through `collect`, so the book never retrains
+what a GPU session produced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from micrec_core.batched import union_key
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
 from micrec_core.experiment import MODEL_FILE, run_experiment, run_together
-from micrec_core.train import pick_device, stop_reason
+from micrec_core.train import CHECKPOINT, pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -62,11 +63,14 @@ def _finished(folder: Path, config: Config, data_hash: str, need_model: bool = F
 
     The device and the dataset's path are not compared (a GPU machine has other paths); the data's identity is
     its sha256. need_model: its model.pt must be there too (a clone or a GPU session carries metrics only).
+    A run stopped by a time budget is not finished while its checkpoint is there: the next grid call resumes it.
     """
     path = folder / "metrics.json"
     if not path.is_file() or (need_model and not (folder / MODEL_FILE).is_file()):
         return False
     metrics = json.loads(path.read_text())
+    if why_stopped(metrics) == "time budget" and (folder / CHECKPOINT).is_file():
+        return False
     machine = {"device", "dataset"}
     same = {k: v for k, v in metrics["config"].items() if k not in machine} == {
         k: v for k, v in config.to_dict().items() if k not in machine
@@ -114,7 +118,8 @@ def run_grid(
     graph: replay each epoch's union steps from a CUDA graph (`batched.epoch_steps`, checked against the plain path
     by bench/check_fast_path.py --graph); None = wherever `together` is on and the device is CUDA.
     deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
-    its best epoch so far; its metrics.json says "stopped": "time budget", and it counts as finished.
+    its best epoch so far; its metrics.json says "stopped": "time budget". The next call resumes such a run from
+    its checkpoint; where the checkpoint is gone (a clone carries metrics only) the run counts as finished.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")

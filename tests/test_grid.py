@@ -102,6 +102,37 @@ def test_a_time_budget_stops_runs_at_their_best_epoch_so_far(tiny_dataset: Path,
             assert (path.parent / "model.pt").is_file()
 
 
+def test_a_run_stopped_by_a_time_budget_resumes_to_the_uninterrupted_result(tiny_dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 3, "batches_per_epoch": 2, "device": "cpu"}
+    cells = [(["inmo", "no-mm"], True), (["lightgcn"], False)]
+    for variants, together in cells:
+        run_grid(tiny_dataset, variants, [0, 1], tmp_path / "whole", together=together, **small)
+        run_grid(tiny_dataset, variants, [0, 1], tmp_path / "split", together=together, deadline=time.time(),
+                 **small)
+    assert set(collect(tmp_path / "split", tiny_dataset)["stopped"]) == {"time budget"}
+    for variants, together in cells:
+        run_grid(tiny_dataset, variants, [0, 1], tmp_path / "split", together=together, **small)
+    whole, split = collect(tmp_path / "whole", tiny_dataset), collect(tmp_path / "split", tiny_dataset)
+    keys = ["variant", "seed", "source", "domain", "group", "metric"]
+    merged = whole.merge(split, on=keys, suffixes=("_whole", "_split"))
+    assert len(merged) == len(whole) == len(split) > 0
+    assert set(merged["stopped_split"]) == {"max_epochs"} and set(merged["epochs_run_split"]) == {3}
+    assert (merged["best_epoch_whole"] == merged["best_epoch_split"]).all()
+    assert merged["value_split"].fillna(-1).to_numpy() == pytest.approx(merged["value_whole"].fillna(-1).to_numpy())
+    for path in (tmp_path / "whole").glob("*/*/seed*/metrics.json"):
+        resumed = json.loads((tmp_path / "split" / path.relative_to(tmp_path / "whole")).read_text())
+        assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in json.loads(
+            path.read_text())["history"]])
+    late = tmp_path / "late"  # without its checkpoint (a clone carries metrics only) a stopped run is final
+    run_grid(tiny_dataset, ["inmo"], [0], late, deadline=time.time(), **small)
+    (folder,) = late.glob("*/inmo/seed0")
+    (folder / "checkpoint.pt").unlink()
+    stamp = (folder / "metrics.json").stat().st_mtime_ns
+    run_grid(tiny_dataset, ["inmo"], [0], late, **small)
+    assert (folder / "metrics.json").stat().st_mtime_ns == stamp
+
+
 def test_stop_reason() -> None:
     assert stop_reason(60, [9], max_epochs=60, patience=50) == "early stop"
     assert stop_reason(60, [9, 10], max_epochs=60, patience=50) == "max_epochs"
