@@ -471,5 +471,5 @@ def _load_checkpoint(
         )
     s.model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
-    generator.set_state(payload["generator"])
+    generator.set_state(payload["generator"].cpu())  # map_location moved the CPU byte state to the device
     return copy.deepcopy(payload["state"])
