@@ -36,7 +36,7 @@
 # process each) and runs_<pair>.tar.gz (every run's metrics.json and config.json, and model.pt of the seed-0
 # MICRec and INMO runs that chapters 4 and 9 load). Back here, each pair's runs go where `micrec reproduce`
 # points the chapters:
-#   mkdir -p runs/<pair>/runs && tar xzf runs_<pair>.tar.gz -C runs/<pair>/runs
+#   mkdir -p runs/<pair>/runs/<pair> && tar xzf runs_<pair>.tar.gz -C runs/<pair>/runs/<pair>
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 START=$(date +%s)
