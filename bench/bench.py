@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from micrec_core.batched import Together, epoch_steps, train_together
+from micrec_core.batched import Together, epoch_steps, train_together, validate_together
 from micrec_core.dataset import load_pair
 from micrec_core.grid import variant_config
 from micrec_core.inference import evaluate_test, inference_phase
@@ -50,7 +50,8 @@ def bench(
     together = 0: the plain path (`train_step`) of the first variant; K >= 1: K seeds of every variant as one
     union graph (`Together.step`). profile: also count the aten operations per run-step over 10 steps and give
     the three with the largest share of time (eager steps). graph: each epoch of the union replays a CUDA graph
-    (`batched.epoch_steps`). Validation and evaluation time one run (the first).
+    (`batched.epoch_steps`). Validation and evaluation time one run (the first); with K >= 1, validate_union_s
+    is one warm `validate_together` of the whole union (what an epoch of the grid validates).
     """
     pair = load_pair(dataset)
     configs = [variant_config(v, dataset, k, device=device) for v in variants for k in range(max(together, 1))]
@@ -98,6 +99,13 @@ def bench(
     validate(s, alpha_at(epochs))
     sync(s.device)
     val_s = time.perf_counter() - started
+    if together:
+        validate_together(union, alpha_at(epochs))
+        sync(s.device)
+        started = time.perf_counter()
+        validate_together(union, alpha_at(epochs))
+        sync(s.device)
+        figures["validate_union_s"] = time.perf_counter() - started
     started = time.perf_counter()
     phases = [inference_phase(s, d) for d in range(2)]
     sync(s.device)

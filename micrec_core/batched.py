@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from micrec_core.config import Config
+from micrec_core.metrics import ranking_metrics, topk_items
 from micrec_core.model import Phase, alpha_at, finish
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import template_product
@@ -45,6 +46,7 @@ from micrec_core.train import (
 # (batched kernels sum in another order, and Adam magnifies rounding in near-zero gradients), ranking metrics by
 # the rare pair of items whose order such a difference flips.
 LOSS_RTOL, SCORE_RTOL, RANKING_ATOL = 1e-3, 1e-3, 0.01
+SCORE_BLOCK = 2**27  # validation scores of several runs computed at once (512 MB of float32)
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:
@@ -173,9 +175,12 @@ class Together:
         )
 
     def representations(
-        self, alpha: float, draws: list[Draws]
+        self, alpha: float, draws: list[Draws] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Every run's training r_u and r_i (union rows), and the [templates; bias] rows of Eq. 1-2 (users, items)."""
+        """Every run's training r_u and r_i (union rows), and the [templates; bias] rows of Eq. 1-2 (users, items).
+
+        draws: each run's step draws, whose edge-dropout masks apply; None = no dropout (validation).
+        """
         setups = [run.s for run in self.runs]
         c = setups[0].config
         blocks = [(s.model.domains[d], s.train_phases[d]) for s in setups for d in range(2)]
@@ -184,7 +189,7 @@ class Together:
             x_users, x_items = torch.cat([x for x, _ in initial]), torch.cat([x for _, x in initial])
             template_rows = None
         else:
-            keeps = [k for dr in draws for k in dr.keeps]
+            keeps = [(None, None)] if draws is None else [k for dr in draws for k in dr.keeps]
             user_keep = None if keeps[0][0] is None else torch.cat([k[0] for k in keeps])  # type: ignore[misc]
             item_keep = None if keeps[0][1] is None else torch.cat([k[1] for k in keeps])  # type: ignore[misc]
             item_rows = torch.cat([t for m, _ in blocks for t in (m.item_templates, m.user_bias[None])])
@@ -245,6 +250,39 @@ class Together:
         for run in self.runs:
             run.optimizer.step()
         return list(losses.detach().unbind())
+
+
+@torch.no_grad()
+def validate_together(together: Together, alpha: float) -> list[list[float]]:
+    """Every run's `train.validate` (validation NDCG@val_n per domain) from one pass over the union graph.
+
+    Per domain, the runs' scores are batched products ranked by one top-k over the runs' stacked rows (E_tr
+    masked per run), in blocks of at most SCORE_BLOCK scores; each run's slice of the ranking is then scored
+    as in `validate`. The same numbers up to float rounding, with a fraction of the kernel launches.
+    """
+    s = together.runs[0].s
+    c, device, n_runs = s.config, s.device, len(together.runs)
+    r_users, r_items, _ = together.representations(alpha)
+    out = [[0.0] * len(s.pair.domains) for _ in together.runs]
+    for d, data in enumerate(s.pair.domains):
+        n_users, n_items = s.train_phases[d].n_users, s.train_phases[d].n_items
+        users = r_users[together.user_at[d] + torch.arange(n_users, device=device)]  # [K, U, dim]
+        items = r_items[together.item_at[d] + torch.arange(n_items, device=device)]  # [K, I, dim]
+        unseen = ~data.item_seen.to(device)
+        train, val = data.edges["train"].to(device), data.edges["val"].to(device)
+        per_block = max(1, SCORE_BLOCK // (n_users * n_items))
+        for first in range(0, n_runs, per_block):
+            block = range(first, min(first + per_block, n_runs))
+            scores = torch.bmm(users[block.start : block.stop], items[block.start : block.stop].transpose(1, 2))
+            scores[:, :, unseen] = -torch.inf
+            shift = (torch.arange(len(block), device=device) * n_users).unsqueeze(1)
+            top = topk_items(scores.view(-1, n_items), (train[0] + shift).flatten(), train[1].repeat(len(block)),
+                             c.val_n, inplace=True)
+            for b, k in enumerate(block):
+                result = ranking_metrics(top[b * n_users : (b + 1) * n_users], val[0], val[1], n_items,
+                                         ns=(c.val_n,))
+                out[k][d] = result[f"ndcg@{c.val_n}"]
+    return out
 
 
 def epoch_steps(together: Together, alpha: float, steps: int, graph: bool = False) -> list[list[torch.Tensor]]:
@@ -331,9 +369,10 @@ def train_together(
         started = time.perf_counter()
         alpha = alpha_at(epoch)
         losses = epoch_steps(together, alpha, setups[0].config.batches_per_epoch, graph)
+        val = validate_together(together, alpha)
         late = past(deadline)
         for k, run in enumerate(group):
-            end_epoch(run, alpha, [step[k] for step in losses], started, late)
+            end_epoch(run, alpha, [step[k] for step in losses], started, late, val[k])
         for run in active:
             if all(run is not stepped for stepped in group):  # a run an epoch ahead (after a resume) stops too
                 run.out_of_time |= late

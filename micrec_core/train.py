@@ -356,13 +356,17 @@ def start_run(
     return Run(s, optimizer, generator, state, checkpoint, on_epoch, checkpoint_every)
 
 
-def end_epoch(run: Run, alpha: float, losses: list[torch.Tensor], started: float, late: bool = False) -> None:
+def end_epoch(
+    run: Run, alpha: float, losses: list[torch.Tensor], started: float, late: bool = False,
+    val: list[float] | None = None,
+) -> None:
     """Validate, keep each stopping group's best weights, record the epoch, checkpoint, call back.
 
     late: the wall deadline has passed, so this is the run's last epoch (checkpointed like any last epoch).
+    val: the run's `validate` result when already computed (runs trained together validate at once).
     """
     s, state, c = run.s, run.state, run.s.config
-    val = validate(s, alpha)
+    val = validate(s, alpha) if val is None else val
     groups = _groups(c)
     for g, group in enumerate(groups):
         score = sum(val[d] for d in group) / len(group)

@@ -16,12 +16,13 @@ from micrec_core.batched import (
     train_together,
     union_key,
     union_phase,
+    validate_together,
 )
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
 from micrec_core.inference import evaluate_test, inference_scores
 from micrec_core.model import alpha_at
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, start_run, train, train_step
+from micrec_core.train import CHECKPOINT, domain_alphas, setup, start_run, train, train_step, validate
 from tests.conftest import random_features
 from tests.test_training import quick
 
@@ -73,6 +74,26 @@ def test_variants_trained_together_equal_variants_trained_alone(tiny_pair: PairD
     assert_together_equals_alone(
         tiny_pair, [quick(model, ablation=ablation, seed=seed, max_epochs=3) for model, ablation, seed in variants]
     )
+
+
+@pytest.mark.parametrize("block", [None, 1, 2])
+def test_runs_validated_together_score_as_each_run_alone(tiny_pair: PairData, monkeypatch: pytest.MonkeyPatch,
+                                                         block: int | None) -> None:
+    variants = [("micrec", None, 0), ("micrec", "no-mm", 1), ("inmo", None, 2)]
+    feats = random_features(tiny_pair)
+    setups = [setup(tiny_pair, quick(model, ablation=ablation, seed=seed), feats) for model, ablation, seed in variants]
+    runs = [start_run(s, None, False, None) for s in setups]
+    together = Together.of(runs)
+    epoch_steps(together, alpha_at(0), 3)
+    if block is not None:  # blocks of 1 and 2 runs' scores instead of all three at once
+        n_scores = max(p.n_users * p.n_items for p in setups[0].train_phases)
+        monkeypatch.setattr("micrec_core.batched.SCORE_BLOCK", block * n_scores)
+    batched = validate_together(together, alpha_at(3))
+    alone = [validate(s, alpha_at(3)) for s in setups]
+    assert len(batched) == len(alone) == 3 and len({tuple(v) for v in alone}) == 3  # the runs score differently
+    for ours, theirs in zip(batched, alone, strict=True):
+        assert ours == pytest.approx(theirs, abs=RANKING_ATOL)
+    assert all(s.model.training for s in setups)
 
 
 def test_union_graph_holds_each_block_unchanged(tiny_pair: PairData) -> None:
