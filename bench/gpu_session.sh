@@ -15,6 +15,9 @@
 # Run it as `MICREC_GIT_COMMIT=<the commit> bash bench/gpu_session.sh`: the device copy of .git can be stale (seen
 # 2026-11-27), and the runs must record the code that ran.
 #
+# To time the 70-run grid alone (#5), leave out MICRec-InfoNCE: VARIANTS=micrec,no-mm,no-cd,no-vis,no-txt,
+# inmo,lightgcn; the figures in bench/RESULTS.md are from an H200, so name kind nvidia-h100-x1 for the card.
+#
 # The runs live in RUNS_DIR (default .gpu_runs/, git-ignored), which a warm device machine keeps between calls: a
 # second call at once with CONTINUE=1 resumes every run the first call's time budget stopped, from its checkpoint
 # (`micrec grid` does so for any run stopped by a time budget whose checkpoint is there); CONTINUE=1 on a fresh
