@@ -1,7 +1,7 @@
 """Benchmark: per-epoch training time, inference + full-ranking evaluation time and peak memory per model.
 
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
-       [--together K] [--union] [--graph] [--early-stop] [--profile]
+       [--together K] [--union] [--graph] [--compile] [--early-stop] [--profile]
 --models takes any `micrec grid` variant (micrec, no-mm, ..., inmo, lightgcn). With --together K, K seeds train
 as one union graph (`micrec_core.batched`); steps/s then counts the optimizer steps of all K runs (K per union
 step), the figure to compare with the plain path's. --union puts every model of --models x K seeds in ONE union,
@@ -43,15 +43,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def bench(
     dataset: Path, variants: list[str], device: str, epochs: int, together: int = 0, profile: bool = False,
-    graph: bool = False,
+    graph: bool = False, compile_losses: bool = False,
 ) -> dict[str, float]:
     """Time `epochs` epochs of training (after one warm-up epoch), one warm validation and one test evaluation.
 
     together = 0: the plain path (`train_step`) of the first variant; K >= 1: K seeds of every variant as one
     union graph (`Together.step`). profile: also count the aten operations per run-step over 10 steps and give
     the three with the largest share of time (eager steps). graph: each epoch of the union replays a CUDA graph
-    (`batched.epoch_steps`). Validation and evaluation time one run (the first); with K >= 1, validate_union_s
-    is one warm `validate_together` of the whole union (what an epoch of the grid validates).
+    (`batched.epoch_steps`; with profile: kernels and kernel time per step of the replays). compile_losses: the
+    union's forward and loss through `torch.compile` (an experiment, not in the package: a union that changes
+    recompiles). Validation and evaluation time one run (the first); with K >= 1, validate_union_s is one warm
+    `validate_together` of the whole union (what an epoch of the grid validates). last_loss: the mean loss of the
+    last timed step, to compare paths run with the same seeds.
     """
     pair = load_pair(dataset)
     configs = [variant_config(v, dataset, k, device=device) for v in variants for k in range(max(together, 1))]
@@ -59,30 +62,42 @@ def bench(
     s, config = setups[0], configs[0]
     if together:
         union = Together.of([start_run(x, None, False, None) for x in setups])
+        if compile_losses:
+            union.losses = torch.compile(union.losses)  # type: ignore[method-assign]
 
-        def step(alpha: float) -> None:
-            union.step(alpha)
+        def step(alpha: float) -> torch.Tensor:
+            return torch.stack(union.step(alpha))
 
-        def epoch(alpha: float) -> None:
-            epoch_steps(union, alpha, config.batches_per_epoch, graph)
+        def epoch(alpha: float) -> torch.Tensor:
+            return torch.stack(epoch_steps(union, alpha, config.batches_per_epoch, graph)[-1])
     else:
         run = start_run(s, None, False, None)
 
-        def step(alpha: float) -> None:
-            train_step(s, alpha, run.generator, run.optimizer)
+        def step(alpha: float) -> torch.Tensor:
+            return train_step(s, alpha, run.generator, run.optimizer)
 
-        def epoch(alpha: float) -> None:
-            for _ in range(config.batches_per_epoch):
-                step(alpha)
+        def epoch(alpha: float) -> torch.Tensor:
+            return torch.stack([step(alpha) for _ in range(config.batches_per_epoch)])[-1]
     epoch(alpha_at(0))
     sync(s.device)
     started = time.perf_counter()
     for e in range(epochs):
-        epoch(alpha_at(e))
+        last = epoch(alpha_at(e))
     sync(s.device)
     epoch_s = (time.perf_counter() - started) / epochs
-    figures = {}
-    if profile:
+    figures = {"last_loss": float(last.mean())}
+    if profile and graph:
+        with torch.profiler.profile() as prof:
+            epoch(alpha_at(epochs))
+            sync(s.device)
+        kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        figures["kernels_per_step"] = sum(e.count for e in kernels) / config.batches_per_epoch
+        figures["kernel_ms_per_step"] = sum(e.self_device_time_total for e in kernels) / 1e3 / config.batches_per_epoch
+        figures["wall_ms_per_step"] = epoch_s * 1e3 / config.batches_per_epoch
+        total = max(sum(e.self_device_time_total for e in kernels), 1e-9)
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:3]:
+            figures[f"share_{e.key[:40].replace(' ', '_')}"] = e.self_device_time_total / total
+    elif profile:
         with torch.profiler.profile() as prof:
             for _ in range(10):
                 step(alpha_at(epochs))
@@ -153,17 +168,19 @@ def main() -> None:
     parser.add_argument("--early-stop", action="store_true", help="train to early stop and time it")
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="count operations per step and their time shares")
+    parser.add_argument("--compile", action="store_true", help="with --together: torch.compile the union's losses")
     args = parser.parse_args()
     print(f"dataset={args.dataset} device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"together={args.together}")
     models = args.models.split(",")
-    if (args.union or args.graph) and not args.together:
-        parser.error("--union and --graph need --together K")
+    if (args.union or args.graph or args.compile) and not args.together:
+        parser.error("--union, --graph and --compile need --together K")
     for variants in [models] if args.union else [[m] for m in models]:
         if args.early_stop:
             figures = early_stop(args.dataset, variants, args.device, args.together, args.max_epochs)
         else:
-            figures = bench(args.dataset, variants, args.device, args.epochs, args.together, args.profile, args.graph)
+            figures = bench(args.dataset, variants, args.device, args.epochs, args.together, args.profile, args.graph,
+                            args.compile)
         print("+".join(variants).ljust(9), "  ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 

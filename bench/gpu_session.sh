@@ -33,8 +33,8 @@
 # "stopped": "time budget" (the book counts such runs apart from those that early-stopped).
 #
 # It writes: device.txt (GPU, torch, commit), check.txt (the union from CUDA graphs == each run alone, on the GPU),
-# bench.txt (steps/s, inference + evaluation time, peak memory, operation counts; plain eager, and the grid's 30-run
-# union from CUDA graphs), grid_<pair>.log
+# bench.txt (steps/s, inference + evaluation time, peak memory; MICRec eager with operation counts, one MICRec run
+# from a CUDA graph with kernels per step, the same with torch.compile, the grid's 30-run union), grid_<pair>.log
 # (the grid's wall time; per pair three unions: MICRec + ablations + INMO, MICRec with InfoNCE, LightGCN; one
 # process each) and runs_<pair>.tar.gz (every run's metrics.json and config.json, and model.pt of the seed-0
 # MICRec and INMO runs that chapters 4 and 9 load). Back here, each pair's runs go where `micrec reproduce`
@@ -72,17 +72,19 @@ if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
 if [ "$CHECK_SECONDS" -gt 0 ]; then
   say "fast path check on $BENCH_PAIR"
   timeout "$CHECK_SECONDS" python3 bench/check_fast_path.py --dataset "data/processed/$BENCH_PAIR" --device "$DEVICE" \
-    --variants micrec,inmo --seeds 2 --epochs 2 $([ "$DEVICE" = cuda ] && echo --graph) > "$OUT/check.txt" 2>&1
+    --variants micrec,inmo --seeds 1 --epochs 3 $([ "$DEVICE" = cuda ] && echo --graph) > "$OUT/check.txt" 2>&1
   say "check exit $?"
 fi
 
 if [ "$BENCH_SECONDS" -gt 0 ]; then
-  say "bench: plain path, then the grid's union of $UNION x $SEEDS seeds"
+  say "bench: MICRec plain (eager), one run from a CUDA graph (profiled; then with torch.compile), the grid's union"
+  g=$([ "$DEVICE" = cuda ] && echo --graph)
   { timeout "$BENCH_SECONDS" bash -c "
-    python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs $BENCH_EPOCHS --profile
-    python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE --epochs 1 --together $SEEDS \
-      --union --models $UNION $([ "$DEVICE" = cuda ] && echo --graph)"
-    echo "bench exit $?"
+    row() { timeout \$1 python3 bench/bench.py --dataset data/processed/$BENCH_PAIR --device $DEVICE \${@:2}; echo \"exit \$?\"; }
+    row 40 --models micrec --epochs 1 --profile
+    row 40 --models micrec --epochs 3 --together 1 $g --profile
+    row 90 --models micrec --epochs 3 --together 1 $g --compile
+    row 60 --models $UNION --epochs 2 --together $SEEDS --union $g"
   } > "$OUT/bench.txt" 2>&1
   say "bench done"
 fi

@@ -143,6 +143,7 @@ class Together:
     coupled: list[int]
     cl_runs: torch.Tensor
     cl_user_at: list[torch.Tensor]
+    captured: Captured | None = None
 
     @classmethod
     def of(cls, runs: list[Run]) -> Together:
@@ -175,7 +176,7 @@ class Together:
         )
 
     def representations(
-        self, alpha: float, draws: list[Draws] | None = None
+        self, alpha: float | torch.Tensor, draws: list[Draws] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Every run's training r_u and r_i (union rows), and the [templates; bias] rows of Eq. 1-2 (users, items).
 
@@ -200,7 +201,7 @@ class Together:
         r_users, r_items = finish(self.phase, x_users, x_items, c.layers)
         return r_users, r_items, template_rows
 
-    def losses(self, alpha: float, draws: list[Draws]) -> torch.Tensor:
+    def losses(self, alpha: float | torch.Tensor, draws: list[Draws]) -> torch.Tensor:
         """Every run's joint loss ([K]): the plain `joint_loss` on all runs' draws mapped at once into union rows."""
         s = self.runs[0].s  # the runs share their samplers' data: same pair, same sampling settings
         r_users, r_items, template_rows = self.representations(alpha, draws)
@@ -240,7 +241,7 @@ class Together:
         params = {name: torch.stack([dict(m.named_parameters())[name] for m in modules]) for name in names}
         return torch.func.vmap(lambda p, x: torch.func.functional_call(modules[0], p, (x,)))(params, reps)
 
-    def step(self, alpha: float) -> list[torch.Tensor]:
+    def step(self, alpha: float | torch.Tensor) -> list[torch.Tensor]:
         """One optimizer step of every run: each run's draws in its own plain order, one backward for all."""
         draws = [draw(run.s, run.generator) for run in self.runs]
         losses = self.losses(alpha, draws)
@@ -288,35 +289,53 @@ def validate_together(together: Together, alpha: float) -> list[list[float]]:
 def epoch_steps(together: Together, alpha: float, steps: int, graph: bool = False) -> list[list[torch.Tensor]]:
     """`steps` optimizer steps of every run at one alpha; each step's losses ([K] tensors, still on the device).
 
-    graph: the first step runs eagerly (on a side stream: it also warms up lazily created handles), then one step
-    is captured in a CUDA graph and replayed for the rest. A replay launches the captured kernels in their order
-    with each run's generator advanced as the eager step would (every generator is registered with the graph),
-    and Adam runs capturable: the same function, without the per-operation launch cost. CUDA only; alpha is a
-    constant of the graph, so each epoch captures anew.
+    graph: replay the steps from a CUDA graph of one step, captured once per union (`Captured`): the same kernels
+    in the same order, each run's generator advanced as the eager step would (every generator is registered with
+    the graph), Adam capturable, alpha read from a device scalar set before each epoch. The same function, without
+    the per-operation launch cost. CUDA only.
     """
     if not graph:
         return [together.step(alpha) for _ in range(steps)]
     if together.runs[0].s.device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, got {together.runs[0].s.device}")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = [together.step(alpha)]
-    torch.cuda.current_stream().wait_stream(side)
-    if steps == 1:
-        return out
-    cuda_graph = torch.cuda.CUDAGraph()
-    for run in together.runs:
-        cuda_graph.register_generator_state(run.generator)
-        for group in run.optimizer.param_groups:
-            group["capturable"] = True
-        run.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the graph's own gradients
-    with torch.cuda.graph(cuda_graph):
-        static = torch.stack(together.step(alpha))
-    for _ in range(steps - 1):
-        cuda_graph.replay()
-        out.append(list(static.clone().unbind()))
+    out: list[list[torch.Tensor]] = []
+    if together.captured is None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the first step runs eagerly: it also warms up lazily created handles
+            out.append(together.step(alpha))
+        torch.cuda.current_stream().wait_stream(side)
+        if steps == 1:
+            return out
+        together.captured = Captured.of(together, alpha)
+    together.captured.alpha.fill_(alpha)
+    for _ in range(steps - len(out)):
+        together.captured.graph.replay()
+        out.append(list(together.captured.losses.clone().unbind()))
     return out
+
+
+@dataclass
+class Captured:
+    """One union step captured in a CUDA graph, alpha a device scalar of it; replayed until the union changes."""
+
+    graph: torch.cuda.CUDAGraph
+    alpha: torch.Tensor
+    losses: torch.Tensor
+
+    @classmethod
+    def of(cls, together: Together, alpha: float) -> Captured:
+        """Capture one step of `together` (after an eager one)."""
+        cuda_graph = torch.cuda.CUDAGraph()
+        for run in together.runs:
+            cuda_graph.register_generator_state(run.generator)
+            for group in run.optimizer.param_groups:
+                group["capturable"] = True
+            run.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the graph's own gradients
+        scalar = torch.tensor(alpha, device=together.runs[0].s.device)
+        with torch.cuda.graph(cuda_graph):
+            losses = torch.stack(together.step(scalar))
+        return cls(cuda_graph, scalar, losses)
 
 
 def _stacked_weights(weights: list[torch.Tensor]) -> torch.Tensor:

@@ -138,7 +138,8 @@ class DomainModel(nn.Module):
         return edge_keep(phase.user_conn, dropout, generator), edge_keep(phase.item_conn, dropout, generator)
 
     def initial(
-        self, phase: Phase, alpha: float, dropout: float = 0.0, keeps: tuple[torch.Tensor | None, ...] = (None, None)
+        self, phase: Phase, alpha: float | torch.Tensor, dropout: float = 0.0,
+        keeps: tuple[torch.Tensor | None, ...] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_u, x_i before aggregation: Eq. 1-2 for template models, id embeddings (mean for unseen) otherwise."""
         if self.templates is None:

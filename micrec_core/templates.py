@@ -89,9 +89,13 @@ def edge_keep(conn: SparseMatrix, dropout: float, generator: torch.Generator | N
 
 
 def template_product(
-    conn: SparseMatrix, operand: torch.Tensor, alpha: float, dropout: float = 0.0, keep: torch.Tensor | None = None
+    conn: SparseMatrix, operand: torch.Tensor, alpha: float | torch.Tensor, dropout: float = 0.0,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. 1 / Eq. 2 with [templates; bias] given: r^(-alpha) * C @ operand, kept edges rescaled by 1/(1-dropout)."""
+    """Eq. 1 / Eq. 2 with [templates; bias] given: r^(-alpha) * C @ operand, kept edges rescaled by 1/(1-dropout).
+
+    alpha: a float, or a device scalar (a CUDA graph's input, `batched.Captured`).
+    """
     rows, values = conn.pattern.rows, conn.values
     count = torch.zeros(conn.shape[0], device=values.device).index_add_(0, rows, values)
     values = values * count[rows].pow(-alpha)

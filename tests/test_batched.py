@@ -193,3 +193,16 @@ def test_epoch_steps_without_a_graph_are_plain_union_steps(tiny_pair: PairData) 
     assert [[float(x) for x in step] for step in epoch] == [[float(x) for x in step] for step in stepped]
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         epoch_steps(Together.of(runs[1]), alpha_at(0), 3, graph=True)
+
+
+def test_a_union_step_reads_alpha_from_a_device_scalar_as_from_a_float(tiny_pair: PairData) -> None:
+    """A captured graph is reused across epochs with alpha set in place: each step must see the value set."""
+    feats = random_features(tiny_pair)
+    runs = [[start_run(setup(tiny_pair, quick(seed=seed), feats), None, False, None) for seed in (0, 1)]
+            for _ in range(2)]
+    by_float, by_scalar = Together.of(runs[0]), Together.of(runs[1])
+    scalar = torch.tensor(0.0)
+    for epoch in (0, 30, 60):
+        scalar.fill_(alpha_at(epoch))
+        expected = [float(x) for x in by_float.step(alpha_at(epoch))]
+        assert [float(x) for x in by_scalar.step(scalar)] == pytest.approx(expected, rel=1e-6)
