@@ -300,14 +300,15 @@ def epoch_steps(together: Together, alpha: float, steps: int, graph: bool = Fals
         raise ValueError(f"CUDA graphs need a CUDA device, got {together.runs[0].s.device}")
     out: list[list[torch.Tensor]] = []
     if together.captured is None:
+        scalar = torch.tensor(alpha, device=together.runs[0].s.device)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # the first step runs eagerly: it also warms up lazily created handles
-            out.append(together.step(alpha))
+        with torch.cuda.stream(side):  # the first step runs eagerly, on the graph's inputs: it warms up what is lazy
+            out.append(together.step(scalar))
         torch.cuda.current_stream().wait_stream(side)
         if steps == 1:
             return out
-        together.captured = Captured.of(together, alpha)
+        together.captured = Captured.of(together, scalar)
     together.captured.alpha.fill_(alpha)
     for _ in range(steps - len(out)):
         together.captured.graph.replay()
@@ -324,18 +325,17 @@ class Captured:
     losses: torch.Tensor
 
     @classmethod
-    def of(cls, together: Together, alpha: float) -> Captured:
-        """Capture one step of `together` (after an eager one)."""
+    def of(cls, together: Together, alpha: torch.Tensor) -> Captured:
+        """Capture one step of `together` (after an eager one on the same inputs), reading alpha from `alpha`."""
         cuda_graph = torch.cuda.CUDAGraph()
         for run in together.runs:
             cuda_graph.register_generator_state(run.generator)
             for group in run.optimizer.param_groups:
                 group["capturable"] = True
             run.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the graph's own gradients
-        scalar = torch.tensor(alpha, device=together.runs[0].s.device)
         with torch.cuda.graph(cuda_graph):
-            losses = torch.stack(together.step(scalar))
-        return cls(cuda_graph, scalar, losses)
+            losses = torch.stack(together.step(alpha))
+        return cls(cuda_graph, alpha, losses)
 
 
 def _stacked_weights(weights: list[torch.Tensor]) -> torch.Tensor:
