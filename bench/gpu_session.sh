@@ -16,7 +16,8 @@
 # 2026-11-27), and the runs must record the code that ran.
 #
 # To time the 70-run grid alone (#5), leave out MICRec-InfoNCE: VARIANTS=micrec,no-mm,no-cd,no-vis,no-txt,
-# inmo,lightgcn; the figures in bench/RESULTS.md are from an H200, so name kind nvidia-h100-x1 for the card.
+# inmo,lightgcn, and name kind nvidia-h100-x1, the card (done 2026-11-27 at e5a1575: 614 s in two calls;
+# bench/RESULTS.md). With CHECK_SECONDS=45 BENCH_SECONDS=150 the check and the bench rows take ~100 s of a call.
 #
 # The runs live in RUNS_DIR (default .gpu_runs/, git-ignored), which a warm device machine keeps between calls: a
 # second call at once with CONTINUE=1 resumes every run the first call's time budget stopped, from its checkpoint
