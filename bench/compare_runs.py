@@ -26,6 +26,11 @@ def _ndcg(metrics: dict, n: int) -> list[float]:
     return [groups["all"][f"ndcg@{n}"] for groups in metrics["test"].values()]
 
 
+def _spread(values: list[float]) -> str:
+    """mean ± std over seeds."""
+    return f"{statistics.mean(values):.4f}±{statistics.stdev(values) if len(values) > 1 else 0:.4f}"
+
+
 def main() -> None:
     """Print the per-variant comparison; optionally write the per-run rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,13 +54,9 @@ def main() -> None:
     for pair, variant in sorted({(r["pair"], r["variant"]) for r in rows}):
         cell = [r for r in rows if (r["pair"], r["variant"]) == (pair, variant)]
         same = sum(r["epochs_a"] == r["epochs_b"] and r["best_a"] == r["best_b"] for r in cell)
-
-        def spread(side: str, i: int, cell: list[dict] = cell) -> str:
-            values = [r[f"ndcg{args.n}_{side}_{i}"] for r in cell]
-            return f"{statistics.mean(values):.4f}±{statistics.stdev(values) if len(values) > 1 else 0:.4f}"
-
+        spreads = {(side, i): _spread([r[f"ndcg{args.n}_{side}_{i}"] for r in cell]) for side in "ab" for i in (0, 1)}
         print(f"{pair:28s} {variant:15s} same stop {same}/{len(cell)}  NDCG@{args.n} A "
-              f"{spread('a', 0)} / {spread('a', 1)}  B {spread('b', 0)} / {spread('b', 1)}")
+              f"{spreads['a', 0]} / {spreads['a', 1]}  B {spreads['b', 0]} / {spreads['b', 1]}")
     if args.csv is not None:
         with args.csv.open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]))
