@@ -21,22 +21,21 @@ from typing import Any
 import torch
 
 from micrec_core.config import Config
+from micrec_core.losses import LossInputs, gather, loss_terms
 from micrec_core.metrics import ranking_metrics, topk_items
 from micrec_core.model import Phase, alpha_at, finish
+from micrec_core.sampling import Triple
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import template_product
 from micrec_core.train import (
     Draws,
-    LossInputs,
     Run,
     Setup,
+    TrainingDiverged,
     TrainState,
-    Triple,
     draw,
     end_epoch,
-    gather,
     has_contrastive,
-    joint_loss,
     past,
     restore_best,
     start_run,
@@ -115,7 +114,7 @@ def union_phase(phases: Sequence[Phase]) -> Phase:
     )
 
 
-PER_RUN = ("seed", "model", "ablation", "se_weight")
+PER_RUN = ("seed", "model", "ablation", "se_weight", "best_epoch")
 
 
 def union_key(config: Config) -> tuple[Any, ...]:
@@ -202,7 +201,8 @@ class Together:
         return r_users, r_items, template_rows
 
     def losses(self, alpha: float | torch.Tensor, draws: list[Draws]) -> torch.Tensor:
-        """Every run's joint loss ([K]): the plain `joint_loss` on all runs' draws mapped at once into union rows."""
+        """Every run's loss terms ([K, len(TERMS)]): the plain `loss_terms` on all runs' draws mapped at once into
+        union rows."""
         s = self.runs[0].s  # the runs share their samplers' data: same pair, same sampling settings
         r_users, r_items, template_rows = self.representations(alpha, draws)
 
@@ -231,7 +231,7 @@ class Together:
         def project(d: int, reps: torch.Tensor) -> torch.Tensor:
             return self.project([self.runs[k] for k in self.coupled], d, reps)
 
-        return joint_loss(s.config, s.tau, inputs, cl_users, project, self.cl_runs)
+        return loss_terms(s.config, s.tau, inputs, cl_users, project, self.cl_runs)
 
     @staticmethod
     def project(runs: list[Run], d: int, reps: torch.Tensor) -> torch.Tensor:
@@ -242,15 +242,16 @@ class Together:
         return torch.func.vmap(lambda p, x: torch.func.functional_call(modules[0], p, (x,)))(params, reps)
 
     def step(self, alpha: float | torch.Tensor) -> list[torch.Tensor]:
-        """One optimizer step of every run: each run's draws in its own plain order, one backward for all."""
+        """One optimizer step of every run: each run's draws in its own plain order, one backward for all; each
+        run's loss terms (detached)."""
         draws = [draw(run.s, run.generator) for run in self.runs]
-        losses = self.losses(alpha, draws)
+        terms = self.losses(alpha, draws)
         for run in self.runs:
             run.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        (terms @ self.runs[0].s.weights).sum().backward()
         for run in self.runs:
             run.optimizer.step()
-        return list(losses.detach().unbind())
+        return list(terms.detach().unbind())
 
 
 @torch.no_grad()
@@ -287,7 +288,7 @@ def validate_together(together: Together, alpha: float) -> list[list[float]]:
 
 
 def epoch_steps(together: Together, alpha: float, steps: int, graph: bool = False) -> list[list[torch.Tensor]]:
-    """`steps` optimizer steps of every run at one alpha; each step's losses ([K] tensors, still on the device).
+    """`steps` optimizer steps of every run at one alpha; each step's loss terms per run (still on the device).
 
     graph: replay the steps from a CUDA graph of one step, captured once per union (`Captured`): the same kernels
     in the same order, each run's generator advanced as the eager step would (every generator is registered with
@@ -354,12 +355,15 @@ def train_together(
     checkpoint_every: float = 0.0,
     deadline: float | None = None,
     graph: bool = False,
+    on_failed: Callable[[int, str], None] | None = None,
 ) -> list[TrainState]:
     """Train runs with equal union keys as one model, each to its own early stop; their final states.
 
     Each epoch steps the runs that are furthest behind (after a resume they may be an epoch apart). A run that
     stops leaves the union with its best weights restored, and `on_done(k, state)` is called at once, so a run's
     results can be kept before the others finish. Epoch times are wall times shared by the runs trained together.
+    A run that diverges leaves the union with `on_failed(k, reason)` and no result; without `on_failed` it stops
+    the whole union (`TrainingDiverged`).
     deadline: a `time.time()` after which no further epoch starts (every run keeps its best epoch so far).
     graph: replay each epoch's steps from a CUDA graph (`epoch_steps`).
     """
@@ -374,6 +378,11 @@ def train_together(
         for k, run in enumerate(runs):
             if run.done and k not in finished:
                 finished.add(k)
+                if run.failed is not None:
+                    if on_failed is None:
+                        raise TrainingDiverged(run.failed)
+                    on_failed(k, run.failed)
+                    continue
                 restore_best(run.s, run.state)
                 if on_done is not None:
                     on_done(k, run.state)

@@ -9,9 +9,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from micrec_core.amazon import RELEASES
-from micrec_core.config import ABLATIONS, MODELS
+from micrec_core.config import ABLATIONS, BEST_EPOCHS, CL_LOSSES, MODELS, REDUCTIONS, SE_WEIGHTS, Config
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -69,22 +70,61 @@ def cmd_features(args: argparse.Namespace) -> None:
     )
 
 
+# The Config fields every training command exposes: (field, type or choices, help). The help names the paper's
+# value; the default shown is Config's.
+CONFIG_FLAGS: list[tuple[str, Any, str]] = [
+    ("max_epochs", int, "epoch cap (paper: 1000, with early stopping)"),
+    ("gamma_cl", float, "weight gamma of L_CL in the joint loss (paper: 1)"),
+    ("tau", float, "contrastive temperature (default: the paper's, 0.2 for Food&Kitchen, else 0.1)"),
+    ("cl_loss", CL_LOSSES, "contrastive denominator: the paper's (u' != u) or InfoNCE's (all u')"),
+    ("loss_reduction", REDUCTIONS, "sum: BPR and SE summed over a batch's triples, L_CL a mean over its users "
+     "(the paper as printed); mean: BPR and SE averaged too (weighs L_CL ~batch-size times more)"),
+    ("cl_normalize", bool, "L2-normalise the projector outputs (without it the paper's L_CL is unbounded below)"),
+    ("cl_users", int, "overlapping users sampled per step for L_CL (paper: 64)"),
+    ("beta_se", float, "weight beta of the SE loss (paper: 0.01)"),
+    ("k_neighbours", int, "K most similar users/items aggregated (paper: 3)"),
+    ("w_text", float, "weight w of text against images in the similarity (paper: 0.9)"),
+    ("dropout", float, "edge dropout on template connections (INMO's code)"),
+    ("lr", float, "Adam learning rate"),
+    ("se_weight", SE_WEIGHTS, "SE loss W: full d x d (paper) or diagonal (INMO's code; INMO's default)"),
+    ("best_epoch", BEST_EPOCHS, "model selection: one epoch for both domains, or each domain its own (default: "
+     "joint when L_CL couples the domains)"),
+]
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-epochs, --gamma-cl, ...: each a Config field, None when not given (Config's default applies)."""
+    defaults = Config()
+    for name, kind, text in CONFIG_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name) if name not in ("tau", "best_epoch") else "see above"
+        help_text = f"{text} [Config default: {default}]"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag, choices=kind, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields given on the command line."""
+    return {name: getattr(args, name) for name, _, _ in CONFIG_FLAGS if getattr(args, name) is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """micrec train."""
     import torch
 
-    from micrec_core.config import Config
     from micrec_core.experiment import run_experiment
 
-    given = {"max_epochs": args.max_epochs, "tau": args.tau, "lr": args.lr}
-    overrides = {k: v for k, v in given.items() if v is not None}
     config = Config(
         model=args.model, ablation=args.ablation, dataset=str(Path(args.dataset).resolve()), seed=args.seed,
-        device=args.device, **overrides,
+        device=args.device, **_config_overrides(args),
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    metrics = run_experiment(config, Path(args.out), resume=args.resume, progress=not args.quiet)
+    metrics = run_experiment(config, Path(args.out), resume=args.resume, progress=not args.quiet, force=args.force)
     test = metrics["test"]
     summary = {d: {k: v for k, v in groups["all"].items() if k.endswith("@20")} for d, groups in test.items()}
     _print({"best_epoch": metrics["best_epoch"], "train_seconds": round(metrics["train_seconds"], 1), "test": summary})
@@ -92,18 +132,22 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """micrec grid."""
-    from micrec_core.grid import run_grid
+    from micrec_core.grid import failures, run_grid
+    from micrec_core.sweep import expand
 
-    given = {"max_epochs": args.max_epochs}
-    overrides = {k: v for k, v in given.items() if v is not None}
     choice = {"auto": None, "yes": True, "no": False}
     together, graph = choice[args.together], choice[args.graph]
     folders = run_grid(
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
         jobs=args.jobs, threads=args.threads, together=together, graph=graph, device=args.device,
-        deadline=None if args.stop_after is None else time.time() + args.stop_after, **overrides,
+        deadline=None if args.stop_after is None else time.time() + args.stop_after, settings=expand(args.set),
+        force=args.force, **_config_overrides(args),
     )
     _print([str(f) for f in folders])
+    diverged = failures(folders)
+    if diverged:
+        raise RuntimeError("runs that diverged (failed.json, no result):\n" + "\n".join(
+            f"- {folder}: {reason}" for folder, reason in diverged.items()))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -164,13 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", required=True)
     train.add_argument("--model", choices=MODELS, default="micrec")
     train.add_argument("--ablation", choices=ABLATIONS, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-epochs", type=int, default=None)
-    train.add_argument("--tau", type=float, default=None, help="contrastive temperature (default: the paper's)")
-    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--seed", type=int, default=0, help="seeds initialisation and sampling")
+    _add_config_flags(train)
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint.pt")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--force", action="store_true", help="replace a run of another configuration in OUT")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy box)")
     train.set_defaults(func=cmd_train)
@@ -188,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replay each epoch's union steps from a CUDA graph (auto: with --together on a GPU)")
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    grid.add_argument("--max-epochs", type=int, default=None)
+    _add_config_flags(grid)
+    grid.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                      help="sweep a setting over these values (repeatable: the product of all --set); each point "
+                      "trains into RUNS/<dataset>/<variant>+KEY=V.../seed<k>/")
+    grid.add_argument("--force", action="store_true", help="replace run folders that hold another configuration")
     grid.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                       help="stop runs still training after this much wall time, at their best epoch so far "
                            "(metrics.json: stopped = 'time budget')")

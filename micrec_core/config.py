@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 MODELS = ("micrec", "inmo", "lightgcn")
 ABLATIONS = ("no-mm", "no-cd", "no-vis", "no-txt")
+CL_LOSSES = ("paper", "infonce")
+REDUCTIONS = ("sum", "mean")
+BEST_EPOCHS = ("joint", "per-domain")
+SE_WEIGHTS = ("full", "diagonal")
 FOOD_KITCHEN = {"Grocery_and_Gourmet_Food", "Home_and_Kitchen"}
+MAX_SEED = 2**63 - 1
+# Fields added after runs had been trained, with the value that reproduces what those runs did. A saved config
+# without such a field is read with it (`from_dict`), so a finished run stays the run of the config it records.
+LEGACY: dict[str, Any] = {"loss_reduction": "mean", "cl_normalize": True, "best_epoch": None}
 
 
 @dataclass
 class Config:
     """Hyperparameters (paper §5.1 implementation details; INMO's code where the paper is silent).
 
-    se_weight: the SE loss's W; default the paper's full d x d matrix for MICRec, INMO's diagonal for INMO.
     tau: contrastive temperature; default the paper's 0.2 for Food&Kitchen and 0.1 for other pairs.
+    loss_reduction: "sum" is the paper's literal reading (eq-bpr and eq-se sum over triples, eq-cl averages over
+        the sampled overlapping users); "mean" averages BPR and SE over the batch too, which weighs L_CL about one
+        batch size more than the paper writes (the default before 2026-12; see the README's decisions).
+    cl_normalize: L2-normalise the projector outputs f^A, f^B (without it the paper's L_CL is unbounded below).
+    se_weight: the SE loss's W; default the paper's full d x d matrix for MICRec, INMO's diagonal for INMO.
+    best_epoch: "joint" (one best epoch for both domains, by their mean validation NDCG) or "per-domain"; default
+        joint when the contrastive loss couples the domains, per-domain otherwise.
     """
 
     model: str = "micrec"
@@ -32,7 +47,10 @@ class Config:
     gamma_cl: float = 1.0
     tau: float | None = None
     cl_loss: str = "paper"
+    loss_reduction: str = "sum"
+    cl_normalize: bool = True
     se_weight: str | None = None
+    best_epoch: str | None = None
     l2: float = 0.0
     lr: float = 1e-3
     max_epochs: int = 1000
@@ -52,10 +70,42 @@ class Config:
             )
         if self.se_weight is None:
             self.se_weight = "diagonal" if self.model == "inmo" else "full"
-        if self.se_weight not in ("full", "diagonal"):
-            raise ValueError(f"se_weight must be 'full' or 'diagonal', got {self.se_weight!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.best_epoch is None:
+            self.best_epoch = "joint" if self.contrastive else "per-domain"
+        for name, allowed in (("cl_loss", CL_LOSSES), ("loss_reduction", REDUCTIONS), ("se_weight", SE_WEIGHTS),
+                              ("best_epoch", BEST_EPOCHS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Refuse every numeric option outside its domain, naming the option."""
+        checks = [
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+            ("dim", self.dim >= 1, ">= 1"),
+            ("layers", self.layers >= 0, ">= 0"),
+            ("template_ratio", 0.0 < self.template_ratio <= 1.0, "in (0, 1]"),
+            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
+            ("k_neighbours", self.k_neighbours >= 0, ">= 0"),
+            ("w_text", 0.0 <= self.w_text <= 1.0, "in [0, 1]"),
+            ("beta_se", self.beta_se >= 0.0, ">= 0"),
+            ("gamma_cl", self.gamma_cl >= 0.0, ">= 0"),
+            ("tau", self.tau is None or self.tau > 0.0, "> 0"),
+            ("l2", self.l2 >= 0.0, ">= 0"),
+            ("lr", self.lr > 0.0, "> 0"),
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            ("batches_per_epoch", self.batches_per_epoch >= 1, ">= 1"),
+            ("cl_users", self.cl_users >= 2, ">= 2 (a contrastive loss needs a user to contrast with)"),
+            ("patience", self.patience >= 1, ">= 1"),
+            ("val_n", self.val_n >= 1, ">= 1"),
+            ("eval_ns", bool(self.eval_ns) and all(n >= 1 for n in self.eval_ns), "a non-empty list of N >= 1"),
+        ]
+        for name, ok, expected in checks:
+            value = getattr(self, name)
+            finite = all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, float))
+            if not (ok and finite):
+                raise ValueError(f"{_flag(name)} must be {expected}, got {value!r}")
 
     @property
     def aggregate(self) -> bool:
@@ -89,9 +139,15 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Rebuild from `to_dict` output, rejecting unknown keys by name."""
+        """Rebuild from `to_dict` output, rejecting unknown keys by name; fields a saved config predates take the
+        value that reproduces its run (`LEGACY`)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**({k: v for k, v in LEGACY.items() if k not in values} | values))
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a config field."""
+    return "--" + name.replace("_", "-")

@@ -1,9 +1,14 @@
-"""One training run end to end: load, train to early stop, evaluate inductively, write metrics.json + model."""
+"""One training run end to end: load, train to early stop, evaluate inductively, write metrics.json + model.
+
+A run whose loss diverges (`train.TrainingDiverged`) writes OUT/failed.json (its config, provenance, the reason and
+its history) instead of metrics.json, so a sweep can show the configurations that cannot be trained.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,98 @@ from micrec_core.batched import train_together
 from micrec_core.config import Config
 from micrec_core.dataset import code_version, dataset_sha256, load_pair
 from micrec_core.inference import evaluate_test, most_popular
-from micrec_core.train import Setup, TrainState, domain_alphas, setup, stop_reason, train
+from micrec_core.provenance import code_sha256
+from micrec_core.train import (
+    CHECKPOINT,
+    Setup,
+    TrainingDiverged,
+    TrainState,
+    domain_alphas,
+    setup,
+    stop_reason,
+    train,
+)
 
 MODEL_FILE = "model.pt"
+FAILED_FILE = "failed.json"
+RUN_FILES = ("metrics.json", FAILED_FILE, "config.json", MODEL_FILE, CHECKPOINT)
+
+
+def same_config(saved: dict[str, Any], config: Config, ignore: Iterable[str] = ()) -> bool:
+    """Whether a saved config is `config`, up to where it ran (device, dataset path) and the fields in `ignore`;
+    a saved config predating a field counts with that field's legacy value (`Config.from_dict`)."""
+    return not config_differences(saved, config, ignore)
+
+
+def config_differences(saved: dict[str, Any], config: Config, ignore: Iterable[str] = ()) -> list[str]:
+    """The fields in which a saved config differs from `config`, not counting device, dataset path and `ignore`."""
+    skip = {"device", "dataset", *ignore}
+    old = Config.from_dict(saved).to_dict()
+    return sorted(k for k, v in config.to_dict().items() if k not in skip and old[k] != v)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the project wrote; an unreadable one is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); remove it (or its run folder) to retrain that run") from err
+
+
+def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
+    """The config a run folder holds, the data sha256 it was trained on (when recorded) and the file saying so."""
+    for name in ("metrics.json", FAILED_FILE):
+        if (out / name).is_file():
+            record = read_json(out / name)
+            return record["config"], record["provenance"]["dataset_sha256"], name
+    if (out / CHECKPOINT).is_file():
+        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        return payload["config"], payload["origin"]["dataset_sha256"], CHECKPOINT
+    if (out / "config.json").is_file():
+        return read_json(out / "config.json"), None, "config.json"
+    return None
+
+
+def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force: bool = False) -> None:
+    """Refuse, before anything is written, to train `config` into a run folder where that would lose or relabel a
+    run; with `force`, empty the folder's run files instead.
+
+    Refused: a folder holding a run of another configuration or data (the differing fields are named); without
+    `resume`, any run of this configuration (continue it with resume, or force a fresh start); with `resume`, a
+    checkpoint beyond `max_epochs`, or a finished run with another max_epochs and no checkpoint to continue from.
+    """
+    out = Path(out)
+    present = [name for name in RUN_FILES if (out / name).is_file()]
+    if not present:
+        return
+    if force:
+        for name in present:
+            (out / name).unlink()
+        return
+    recorded = _recorded(out)
+    if recorded is None:
+        return
+    saved, trained_on, source = recorded
+    hint = "pass --force to replace it, or train into another folder"
+    differing = config_differences(saved, config, ignore=["max_epochs"])
+    if trained_on is not None and trained_on != data_hash:
+        differing.append(f"dataset sha256 ({trained_on[:12]} there, {data_hash[:12]} here)")
+    if differing:
+        raise ValueError(f"{out} holds a run of another configuration ({source} differs in {', '.join(differing)}); "
+                         f"{hint}")
+    if not resume:
+        raise ValueError(f"{out} already holds a run of this configuration ({', '.join(present)}); resume it "
+                         "(--resume) or start over (--force)")
+    if (out / CHECKPOINT).is_file():
+        epoch = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)["state"]["epoch"]
+        if epoch > config.max_epochs:
+            raise ValueError(f"{out}: its checkpoint is at epoch {epoch}, beyond max_epochs {config.max_epochs}: "
+                             f"the run cannot be cut back; {hint}")
+    elif source == "metrics.json" and saved["max_epochs"] != config.max_epochs:
+        raise ValueError(f"{out} holds a finished run with max_epochs {saved['max_epochs']} and no checkpoint to "
+                         f"continue from; retraining it with max_epochs {config.max_epochs} would replace it: {hint}")
+
+
 
 
 def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[str, Any]:
@@ -28,6 +122,7 @@ def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[
         name = f"{platform.machine()}, {torch.get_num_threads()} threads"
     return {
         "git_commit": commit,
+        "code_sha256": code_sha256(),
         "dataset_sha256": dataset_sha256(dataset),
         "device": f"{device.type}: {name}",
         "torch": torch.__version__,
@@ -35,16 +130,18 @@ def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[
 
 
 def run_experiment(
-    config: Config, out: Path, resume: bool = False, progress: bool = True, deadline: float | None = None
+    config: Config, out: Path, resume: bool = False, progress: bool = True, deadline: float | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train `config` on its dataset, evaluate on E_test, and write OUT/metrics.json and OUT/model.pt.
 
+    Nothing is written to OUT before the data, features, options and OUT itself are checked (`check_folder`).
     deadline: a `time.time()` after which training stops at the next epoch's end (metrics.json says so).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     pair = load_pair(Path(config.dataset))
     s = setup(pair, config)
+    check_folder(out, config, dataset_sha256(pair.path), resume, force)
     write_json(out / "config.json", config.to_dict())
     bar = tqdm(total=config.max_epochs, desc=_label(config), disable=not progress)
 
@@ -53,8 +150,13 @@ def run_experiment(
         bar.set_postfix({k.split("/")[-1][:8]: round(v, 4) for k, v in record.items() if k.startswith("val_")})
 
     commit = code_version()["git_commit"]  # the code that trains, even if a commit lands while it runs
-    state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline)
-    bar.close()
+    try:
+        state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline)
+    except TrainingDiverged as err:
+        _write_failure(s, out, commit, str(err))
+        raise
+    finally:
+        bar.close()
     return _write_results(s, state, out, commit, together=1)
 
 
@@ -68,8 +170,10 @@ def run_together(
     """
     pair = load_pair(Path(configs[0].dataset))
     setups = [setup(pair, config) for config in configs]
+    data_hash = dataset_sha256(pair.path)
     for config, out in zip(configs, outs, strict=True):
-        Path(out).mkdir(parents=True, exist_ok=True)
+        check_folder(Path(out), config, data_hash, resume)
+    for config, out in zip(configs, outs, strict=True):
         write_json(Path(out) / "config.json", config.to_dict())
     bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
     commit = code_version()["git_commit"]
@@ -77,9 +181,18 @@ def run_together(
     def done(k: int, state: TrainState) -> None:
         _write_results(setups[k], state, Path(outs[k]), commit, together=len(configs), graph=graph)
 
+    def failed(k: int, reason: str) -> None:
+        _write_failure(setups[k], Path(outs[k]), commit, reason)
+
     train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
-                   checkpoint_every=checkpoint_every, deadline=deadline, graph=graph)
+                   checkpoint_every=checkpoint_every, deadline=deadline, graph=graph, on_failed=failed)
     bar.close()
+
+
+def _write_failure(s: Setup, out: Path, commit: str | None, reason: str) -> None:
+    """Record a diverged run in OUT/failed.json (no metrics.json, no model: there is no trained model to score)."""
+    record = {"config": s.config.to_dict(), "provenance": provenance(s.pair.path, s.device, commit), "error": reason}
+    write_json(out / FAILED_FILE, record)
 
 
 def _label(config: Config) -> str:
@@ -118,7 +231,7 @@ def load_run(run: Path, dataset: Path | None = None) -> tuple[Setup, list[float]
     dataset: where this machine holds the run's data (a run trained elsewhere names another path); it must be
     the same build, by the sha256 in the run's metrics.json.
     """
-    payload = torch.load(Path(run) / MODEL_FILE, map_location="cpu", weights_only=False)
+    payload = torch.load(Path(run) / MODEL_FILE, map_location="cpu", weights_only=True)
     config = Config.from_dict(payload["config"])
     if dataset is not None:
         trained_on = json.loads((Path(run) / "metrics.json").read_text())["provenance"]["dataset_sha256"]

@@ -1,20 +1,22 @@
-"""The reproduction grid: every variant x seed on one built pair, resumable, and its results as one table.
+"""The reproduction grid: every variant x setting x seed on one built pair, resumable, and its results as one table.
 
-Run folders are RUNS/<dataset folder name>/<variant>/seed<k>/ (metrics.json, model.pt, checkpoint.pt). A run whose
-metrics.json already holds the requested config on the same data is reused; a killed run, or one stopped by a
-time budget, resumes from its checkpoint. Notebooks read results through `collect`, so the book never retrains
-what a GPU session produced.
+Run folders are RUNS/<dataset folder name>/<label>/seed<k>/ (metrics.json, model.pt, checkpoint.pt), where the
+label is the variant, followed by `+key=value` for each setting the run was asked with beyond the variant's own
+(`variant_label`: e.g. `micrec+gamma_cl=0.1+loss_reduction=mean`), so a sweep's runs never share a folder. A run
+whose metrics.json already holds the requested config on the same data is reused; a killed run, or one stopped by
+a time budget, resumes from its checkpoint; a folder holding a run of another configuration is never overwritten
+unless asked (`force`). A run that diverged (failed.json) is final too: the same config diverges again. Notebooks
+read results through `collect`, so the book never retrains what a GPU session produced.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,16 @@ import torch
 from micrec_core.batched import union_key
 from micrec_core.config import Config
 from micrec_core.dataset import dataset_sha256
-from micrec_core.experiment import MODEL_FILE, run_experiment, run_together
-from micrec_core.train import CHECKPOINT, pick_device, stop_reason
+from micrec_core.experiment import (
+    FAILED_FILE,
+    MODEL_FILE,
+    check_folder,
+    read_json,
+    run_experiment,
+    run_together,
+    same_config,
+)
+from micrec_core.train import CHECKPOINT, TrainingDiverged, pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -53,29 +63,37 @@ def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> 
     return Config(model=model, ablation=ablation, dataset=str(Path(dataset).resolve()), seed=seed, **settings)
 
 
-def run_dir(runs: Path, dataset: Path, variant: str, seed: int) -> Path:
-    """Where a variant's run for one seed lives."""
-    return Path(runs) / Path(dataset).resolve().name / variant / f"seed{seed}"
+def variant_label(variant: str, settings: Mapping[str, Any] | None = None) -> str:
+    """The folder name of a variant run with `settings`: the variant, then `+key=value` for each setting that
+    differs from the variant's own value, sorted (so a sweep point equal to the variant is the variant's run)."""
+    own = variant_config(variant, Path("."), 0).to_dict()
+    changed = sorted((k, v) for k, v in (settings or {}).items() if k not in own or own[k] != v)
+    return "".join([variant, *(f"+{k}={v}" for k, v in changed)])
+
+
+def run_dir(runs: Path, dataset: Path, variant: str, seed: int, settings: Mapping[str, Any] | None = None) -> Path:
+    """Where a variant's run for one seed (with `settings`) lives."""
+    return Path(runs) / Path(dataset).resolve().name / variant_label(variant, settings) / f"seed{seed}"
 
 
 def _finished(folder: Path, config: Config, data_hash: str, need_model: bool = False) -> bool:
-    """Whether `folder` holds a finished run of this config on this data, trained on any machine.
+    """Whether `folder` holds a finished (or diverged) run of this config on this data, trained on any machine.
 
     The device and the dataset's path are not compared (a GPU machine has other paths); the data's identity is
     its sha256. need_model: its model.pt must be there too (a clone or a GPU session carries metrics only).
     A run stopped by a time budget is not finished while its checkpoint is there: the next grid call resumes it.
     """
+    failed = folder / FAILED_FILE
+    if failed.is_file():
+        record = read_json(failed)
+        return same_config(record["config"], config) and record["provenance"]["dataset_sha256"] == data_hash
     path = folder / "metrics.json"
     if not path.is_file() or (need_model and not (folder / MODEL_FILE).is_file()):
         return False
-    metrics = json.loads(path.read_text())
+    metrics = read_json(path)
     if why_stopped(metrics) == "time budget" and (folder / CHECKPOINT).is_file():
         return False
-    machine = {"device", "dataset"}
-    same = {k: v for k, v in metrics["config"].items() if k not in machine} == {
-        k: v for k, v in config.to_dict().items() if k not in machine
-    }
-    return same and metrics["provenance"]["dataset_sha256"] == data_hash
+    return same_config(metrics["config"], config) and metrics["provenance"]["dataset_sha256"] == data_hash
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -93,23 +111,34 @@ def _train_cell(
     configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False,
     deadline: float | None = None, graph: bool = False,
 ) -> list[Path]:
-    """Worker: train one cell, as one union graph when it holds several runs (or asked for CUDA graphs)."""
+    """Worker: train one cell, as one union graph when it holds several runs (or asked for CUDA graphs); a run
+    that diverges is recorded in its failed.json and does not stop the grid."""
     if threads is not None:
         torch.set_num_threads(threads)
     if len(configs) > 1 or graph:
         run_together(configs, folders, resume=True, progress=progress, deadline=deadline, graph=graph)
     else:
-        run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline)
+        try:
+            run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline)
+        except TrainingDiverged as err:
+            log.warning("%s: %s", folders[0], err)
     return folders
+
+
+class GridError(RuntimeError):
+    """Runs of a grid that could not be trained or checked; every other run of the grid was trained."""
 
 
 def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
     jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
-    graph: bool | None = None, need_model: bool = False, **overrides: Any,
+    graph: bool | None = None, need_model: bool = False, settings: Sequence[Mapping[str, Any]] | None = None,
+    force: bool = False, **overrides: Any,
 ) -> list[Path]:
-    """Train every (variant, seed) not already finished; returns the run folders.
+    """Train every (variant, setting, seed) not already finished; returns the run folders in that order.
 
+    settings: config overrides per sweep point (each its own run folder, `variant_label`); default one point
+    with none. overrides: config fields every run gets (max_epochs, device, ...), not part of the folder name.
     together: every run that can share a union graph with others (`batched.union_key`: all seeds of MICRec, its
     ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
     only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
@@ -120,6 +149,9 @@ def run_grid(
     deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
     its best epoch so far; its metrics.json says "stopped": "time budget". The next call resumes such a run from
     its checkpoint; where the checkpoint is gone (a clone carries metrics only) the run counts as finished.
+    force: replace run folders that hold another configuration's run (else those runs are refused).
+    A folder that cannot be read or would be overwritten does not stop the other runs: they train, then
+    `GridError` names every such folder. Diverged runs (failed.json) are listed by `failures`.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -128,17 +160,24 @@ def run_grid(
     graph = together and cuda if graph is None else graph
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
-    folders, cells = [], {}
+    folders, cells, problems = [], {}, []
     for variant in variants:
-        for seed in seeds:
-            config = variant_config(variant, dataset, seed, **overrides)
-            folder = run_dir(runs, dataset, variant, seed)
-            if not _finished(folder, config, data_hash, need_model):
-                key = union_key(config) if together else (variant, seed)
+        for setting in settings or [{}]:
+            for seed in seeds:
+                config = variant_config(variant, dataset, seed, **(overrides | dict(setting)))
+                folder = run_dir(runs, dataset, variant, seed, setting)
+                folders.append(folder)
+                try:
+                    if _finished(folder, config, data_hash, need_model):
+                        continue
+                    check_folder(folder, config, data_hash, resume=True, force=force)
+                except ValueError as err:
+                    problems.append(str(err))
+                    continue
+                key = union_key(config) if together else (variant_label(variant, setting), seed)
                 cells.setdefault(key, ([], []))
                 cells[key][0].append(config)
                 cells[key][1].append(folder)
-            folders.append(folder)
     if jobs == 1:
         for configs, cell_folders in cells.values():
             _train_cell(configs, cell_folders, threads, progress, deadline, graph)
@@ -149,15 +188,33 @@ def run_grid(
             submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph) for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))
+    if problems:
+        raise GridError("runs not trained (every other run of the grid was):\n- " + "\n- ".join(problems))
     return folders
 
 
+def failures(folders: Iterable[Path]) -> dict[Path, str]:
+    """The runs among `folders` that diverged, with the reason each failed.json gives."""
+    return {f: read_json(f / FAILED_FILE)["error"] for f in folders if (f / FAILED_FILE).is_file()}
+
+
+def validation_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """Each domain's validation NDCG@val_n at the epoch whose weights it kept (the model selection criterion)."""
+    config, history = metrics["config"], metrics["history"]
+    best = metrics["best_epochs"]
+    domains = list(metrics["test"])
+    return {d: history[best[0] if len(best) == 1 else best[k]][f"val_ndcg@{config['val_n']}/{d}"]
+            for k, d in enumerate(domains)}
+
+
 def collect(runs: Path, dataset: Path) -> pd.DataFrame:
-    """Every finished run of a dataset as a long table: variant, seed, domain, group, metric, value (+ provenance)."""
+    """Every finished run of a dataset as a long table: variant (the run folder's label), seed, source (model,
+    most_popular, or validation: the stopping criterion at the kept epoch, group "all" = seen users and items),
+    domain, group, metric, value (+ provenance)."""
     rows = []
     root = Path(runs) / Path(dataset).resolve().name
     for path in sorted(root.glob("*/seed*/metrics.json")):
-        metrics = json.loads(path.read_text())
+        metrics = read_json(path)
         base = {
             "variant": path.parent.parent.name,
             "seed": metrics["config"]["seed"],
@@ -170,7 +227,9 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
             "dataset_sha256": metrics["provenance"]["dataset_sha256"],
             "device": metrics["provenance"]["device"],
         }
-        sources = {"model": metrics["test"], "most_popular": metrics["most_popular"]}
+        validation = {d: {"all": {f"ndcg@{metrics['config']['val_n']}": v}}
+                      for d, v in validation_scores(metrics).items()}
+        sources = {"model": metrics["test"], "most_popular": metrics["most_popular"], "validation": validation}
         for source, results in sources.items():
             for domain, groups in results.items():
                 for group, values in groups.items():

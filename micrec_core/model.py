@@ -207,7 +207,7 @@ class MICRec(nn.Module):
                 )
             models.append(DomainModel(data, templates, config))
         self.domains = nn.ModuleList(models)
-        self.projectors = nn.ModuleList([Projector(config.dim), Projector(config.dim)])
+        self.projectors = nn.ModuleList([Projector(config.dim, config.cl_normalize) for _ in range(2)])
 
 
 def alpha_at(epoch: int) -> float:

@@ -1,12 +1,17 @@
 """Training (paper §4.3 joint loss, §5.1 protocol): Adam, 100 batches per epoch per domain, early stopping.
 
 One optimizer step = one BPR batch (and one SE batch) from each domain plus 64 sampled overlapping users for the
-contrastive term: L = (L_BPR^A + L_BPR^B) + beta (L_SE^A + L_SE^B) + gamma L_CL. A batch holds
+contrastive term: L = (L_BPR^A + L_BPR^B) + beta (L_SE^A + L_SE^B) + gamma L_CL (eq-joint). A batch holds
 ceil(|E_tr| / batches_per_epoch) triples, so an epoch draws as many triples as there are training interactions.
-Validation NDCG@20 (seen users x seen items, E_tr masked) after every epoch; patience 50. When the domains are
-coupled (the contrastive term is on) one criterion, the mean over the two domains, decides; otherwise each domain
-is its own model (INMO, LightGCN, no-cd) and keeps its own best epoch. A checkpoint is written atomically after
-every epoch, and `resume` continues a killed run to the same result.
+Validation NDCG@20 (seen users x seen items, E_tr masked) after every epoch; patience 50. By default, when the
+domains are coupled (the contrastive term is on) one criterion, the mean over the two domains, decides; otherwise
+each domain is its own model (INMO, LightGCN, no-cd) and keeps its own best epoch (`Config.best_epoch`).
+
+The history records each term of the loss on its own per epoch, and every GRAD_EVERY epochs how the gradient of
+gamma L_CL compares with that of BPR + beta SE on the shared parameters, so that one term's dominance cannot hide
+inside the total. A loss that goes non-finite or grows by EXPLOSION over its first epoch stops the run
+(`TrainingDiverged`): no result is written for it. A checkpoint is written atomically after every epoch (plain
+tensors and numbers only: it loads with `weights_only=True`), and `resume` continues a killed run to the same result.
 """
 
 from __future__ import annotations
@@ -15,23 +20,28 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from micrec_core.atomic import atomic_path
-from micrec_core.config import Config
-from micrec_core.dataset import PairData, code_version, dataset_sha256
-from micrec_core.losses import bpr_loss, contrastive_loss, se_loss
+from micrec_core.config import MAX_SEED, Config
+from micrec_core.dataset import PairData, dataset_sha256
+from micrec_core.losses import TERMS, LossInputs, gather, loss_terms, term_weights
 from micrec_core.metrics import ranking_metrics, topk_items
 from micrec_core.model import ItemModalities, MICRec, Phase, alpha_at, build_phase
+from micrec_core.provenance import code_sha256
+from micrec_core.sampling import Triple, TripletSampler
 
 CHECKPOINT = "checkpoint.pt"
+GRAD_EVERY = 5  # epochs between two gradient-ratio records in the history
+EXPLOSION = 100.0  # a loss term whose size exceeds this factor of its first epoch's (or of 1) has diverged
 
 
-Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+class TrainingDiverged(RuntimeError):
+    """A run's loss went non-finite or exploded: its model is not a trained model and gets no result."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,61 +49,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class TripletSampler:
-    """Uniform (user, positive, negative) triples: a user with >= 1 edge, one of its items, a non-interacted one.
-
-    The negative is drawn uniformly from the pool minus the user's items in one pass, with no rejection loop (so no
-    host synchronisation on a GPU): with the user's k items at sorted pool ranks p_0 < ... < p_{k-1}, a uniform
-    j in [0, m - k) maps to the (j+1)-th free rank j + #{t : p_t - t <= j}.
-    """
-
-    def __init__(self, edges: torch.Tensor, n_items: int, negatives: torch.Tensor) -> None:
-        users, items = edges
-        order = torch.argsort(users * n_items + items)
-        users, items = users[order], items[order]
-        self.items = items
-        self.users, self.counts = torch.unique_consecutive(users, return_counts=True)
-        self.starts = torch.cumsum(self.counts, 0) - self.counts
-        self.negatives = negatives
-        m = len(negatives)
-        if bool((self.counts >= m).any()):
-            raise ValueError(f"a user interacted with all {m} items of the pool: it has no negative to sample")
-        ranks = torch.searchsorted(negatives, items).clamp(max=m - 1)
-        if not torch.equal(negatives[ranks], items):
-            raise ValueError("every interacted item must be in the sorted negative pool")
-        within = torch.arange(len(items)) - torch.repeat_interleave(self.starts, self.counts)
-        self.free_before = users * (m + 1) + (ranks - within)
-
-    def to(self, device: torch.device) -> TripletSampler:
-        """Move the index tensors to `device`."""
-        for name in ("items", "users", "counts", "starts", "negatives", "free_before"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    def draw(self, n: int, generator: torch.Generator) -> Triple:
-        """The random part of n triples: a user pick and two uniforms (positive, negative)."""
-        device = self.items.device
-        return (
-            torch.randint(len(self.users), (n,), generator=generator, device=device),
-            torch.rand(n, generator=generator, device=device),
-            torch.rand(n, generator=generator, device=device),
-        )
-
-    def triples(self, raw: Triple) -> Triple:
-        """(user, positive, negative) from `draw`'s output, of any leading shape (e.g. [K, n] for K runs)."""
-        pick, u_pos, u_neg = raw
-        m = len(self.negatives)
-        count = self.counts[pick]
-        users, positives = self.users[pick], self.items[self.starts[pick] + (u_pos * count).long()]
-        j = (u_neg * (m - count)).long()
-        before = torch.searchsorted(self.free_before, (users * (m + 1) + j).flatten(), right=True).view(j.shape)
-        return users, positives, self.negatives[j + before - self.starts[pick]]
-
-    def sample(self, n: int, generator: torch.Generator) -> Triple:
-        """Draw n triples: three uniform draws, no loop."""
-        return self.triples(self.draw(n, generator))
 
 
 def item_modalities(dataset: Path, domain: str) -> ItemModalities:
@@ -129,13 +84,21 @@ class Setup:
     tau: float
     features: list[ItemModalities | None]
     overlap: torch.Tensor
+    weights: torch.Tensor
 
 
 def setup(pair: PairData, config: Config, features: list[ItemModalities] | None = None) -> Setup:
     """Seed, build the model (templates from E_tr), the training phases and samplers.
 
     Item features are read from the dataset (`micrec features`) unless given; only MICRec's aggregation uses them.
+    A contrastive config on a pair with fewer than two overlapping users is refused rather than trained without
+    L_CL under its name.
     """
+    if config.contrastive and len(pair.overlap) < 2:
+        raise ValueError(
+            f"{pair.path}: the domains share {len(pair.overlap)} seen user(s), and the contrastive loss needs at least "
+            "2; train the no-cd ablation (--ablation no-cd) or --gamma-cl 0 to run without it"
+        )
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = MICRec(pair.domains, config)
@@ -161,7 +124,8 @@ def setup(pair: PairData, config: Config, features: list[ItemModalities] | None 
         ses.append(TripletSampler(template_edges, templates.n_items, torch.arange(templates.n_items)).to(device))
     tau = config.temperature((pair.domains[0].name, pair.domains[1].name))
     return Setup(
-        config, pair, device, model.to(device), phases, bprs, ses, sizes, tau, features, pair.overlap.to(device)
+        config, pair, device, model.to(device), phases, bprs, ses, sizes, tau, features, pair.overlap.to(device),
+        term_weights(config).to(device),
     )
 
 
@@ -199,55 +163,9 @@ def draw(s: Setup, generator: torch.Generator) -> Draws:
     return Draws(keeps, bpr, se, cl_pick)
 
 
-@dataclass
-class LossInputs:
-    """What the joint loss reads of one domain: the rows it gathers from and the sampled indices into them.
-
-    Indices are [n] for one run, or [K, n] for K runs trained together (then the loss is [K]).
-    """
-
-    r_users: torch.Tensor
-    r_items: torch.Tensor
-    bpr: Triple
-    template_rows: tuple[torch.Tensor, torch.Tensor] | None = None
-    se_weight: torch.Tensor | None = None
-    se: Triple | None = None
-
-
-def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """rows[index] for an index of any shape (index_select: a cheaper backward than advanced indexing)."""
-    return rows.index_select(0, index.flatten()).view(*index.shape, rows.shape[-1])
-
-
-def joint_loss(
-    c: Config, tau: float, domains: list[LossInputs], cl_users: tuple[torch.Tensor, torch.Tensor] | None,
-    project: Callable[[int, torch.Tensor], torch.Tensor], cl_runs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """L = sum_d (L_BPR^d + beta L_SE^d) + gamma L_CL (Eq. 6-9); `cl_users` are the sampled overlapping users'
-    representations in domain A and B, `project(d, r)` applies f^A or f^B; with K runs, `cl_runs` says which
-    runs have L_CL."""
-    loss = torch.zeros((), device=domains[0].r_users.device)
-    for x in domains:
-        users, pos, neg = x.bpr
-        ru, ri, rj = gather(x.r_users, users), gather(x.r_items, pos), gather(x.r_items, neg)
-        loss = loss + bpr_loss(ru, ri, rj)
-        if c.l2 > 0:
-            loss = loss + c.l2 * (ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1)).mean(-1)
-        if x.se is not None and x.template_rows is not None and x.se_weight is not None:
-            (tu, ti, tj), (user_rows, item_rows) = x.se, x.template_rows
-            loss = loss + c.beta_se * se_loss(
-                gather(user_rows, tu), gather(item_rows, ti), gather(item_rows, tj), x.se_weight
-            )
-    if cl_users is not None:
-        cl = c.gamma_cl * contrastive_loss(project(0, cl_users[0]), project(1, cl_users[1]), tau, c.cl_loss)
-        loss = loss + cl if cl_runs is None else loss.index_add(0, cl_runs, cl)
-    return loss
-
-
-def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """One optimizer step on the joint loss; returns the detached loss (no host synchronisation)."""
+def step_terms(s: Setup, alpha: float | torch.Tensor, draws: Draws) -> torch.Tensor:
+    """The unweighted terms of eq-joint (`losses.TERMS`) for one step's draws, on the plain (one-run) path."""
     c = s.config
-    draws = draw(s, generator)
     inputs = []
     for d, domain in enumerate(s.model.domains):
         r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, draws.keeps[d])
@@ -262,11 +180,43 @@ def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: to
     if draws.cl_pick is not None:
         chosen = s.overlap[draws.cl_pick]
         cl_users = (gather(inputs[0].r_users, chosen[:, 0]), gather(inputs[1].r_users, chosen[:, 1]))
-    loss = joint_loss(c, s.tau, inputs, cl_users, lambda d, r: s.model.projectors[d](r))
+    return loss_terms(c, s.tau, inputs, cl_users, lambda d, r: s.model.projectors[d](r))
+
+
+def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One optimizer step on eq-joint; returns the step's detached terms (no host synchronisation)."""
+    terms = step_terms(s, alpha, draw(s, generator))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (terms @ s.weights).backward()
     optimizer.step()
-    return loss.detach()
+    return terms.detach()
+
+
+def shared_parameters(s: Setup) -> list[torch.Tensor]:
+    """The parameters both L_CL and BPR + SE reach: each domain's template embeddings and biases."""
+    return [p for name, p in s.model.named_parameters()
+            if name.startswith("domains.") and not name.endswith("se_weight")]
+
+
+def gradient_ratio(s: Setup, alpha: float, epoch: int) -> float | None:
+    """||grad of gamma L_CL|| / ||grad of (BPR + beta SE)|| on `shared_parameters`, from one batch drawn with a
+    generator of its own (seeded by the run's seed and the epoch: the run's own random stream is not touched).
+    None for a run without L_CL. Which term steers the shared parameters, for the history (every GRAD_EVERY)."""
+    if not has_contrastive(s):
+        return None
+    generator = torch.Generator(device=s.device)
+    generator.manual_seed((s.config.seed * 1_000_003 + epoch) % MAX_SEED)
+    terms = step_terms(s, alpha, draw(s, generator)) * s.weights
+    cl_index = TERMS.index("cl")
+    params = shared_parameters(s)
+    ranking = torch.autograd.grad(terms.sum() - terms[cl_index], params, retain_graph=True, allow_unused=True)
+    contrastive = torch.autograd.grad(terms[cl_index], params, allow_unused=True)
+
+    def norm(grads: tuple[torch.Tensor | None, ...]) -> float:
+        return float(torch.stack([g.pow(2).sum() for g in grads if g is not None]).sum().sqrt())
+
+    below = norm(ranking)
+    return norm(contrastive) / below if below > 0 else math.inf
 
 
 @torch.no_grad()
@@ -288,8 +238,8 @@ def validate(s: Setup, alpha: float) -> list[float]:
 
 
 def _groups(config: Config) -> list[list[int]]:
-    """Domains that share one early-stopping criterion: both when coupled by L_CL, else each alone."""
-    return [[0, 1]] if config.contrastive else [[0], [1]]
+    """Domains that share one early-stopping criterion: both for `best_epoch="joint"`, else each alone."""
+    return [[0, 1]] if config.best_epoch == "joint" else [[0], [1]]
 
 
 def _params_of(model: MICRec, group: list[int], coupled: bool) -> dict[str, torch.Tensor]:
@@ -300,7 +250,7 @@ def _params_of(model: MICRec, group: list[int], coupled: bool) -> dict[str, torc
 
 @dataclass
 class TrainState:
-    """Everything that must survive a restart: saved in every checkpoint."""
+    """Everything that must survive a restart: saved in every checkpoint (as a plain dict)."""
 
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -313,7 +263,10 @@ class TrainState:
 
 @dataclass
 class Run:
-    """A training run in progress: its setup, optimizer, RNG, state, checkpoint file and epoch callback."""
+    """A training run in progress: its setup, optimizer, RNG, state, checkpoint file and epoch callback.
+
+    failed: why the run diverged (`TrainingDiverged`), once it has; it then trains no further and gets no result.
+    """
 
     s: Setup
     optimizer: torch.optim.Optimizer
@@ -324,12 +277,15 @@ class Run:
     checkpoint_every: float = 0.0
     saved_at: float = field(default_factory=time.perf_counter)
     out_of_time: bool = False
+    failed: str | None = None
 
     @property
     def done(self) -> bool:
-        """Whether max_epochs is reached, every stopping group ran out of patience, or the wall deadline passed."""
+        """Whether max_epochs is reached, every stopping group ran out of patience, the wall deadline passed, or
+        the run diverged."""
         c, state = self.s.config, self.state
-        return state.epoch >= c.max_epochs or _exhausted(state.epoch, state.best_epoch, c.patience) or self.out_of_time
+        return (state.epoch >= c.max_epochs or _exhausted(state.epoch, state.best_epoch, c.patience)
+                or self.out_of_time or self.failed is not None)
 
 
 def start_run(
@@ -356,16 +312,56 @@ def start_run(
     return Run(s, optimizer, generator, state, checkpoint, on_epoch, checkpoint_every)
 
 
+def term_names(s: Setup) -> dict[int, str]:
+    """History keys of the `losses.TERMS` this run uses, by index: loss/bpr/<domain>, loss/se/<domain> (template
+    models with beta > 0), loss/cl (runs with L_CL), loss/l2 (l2 > 0)."""
+    names, c = [d.name for d in s.pair.domains], s.config
+    used = [True, True, *(s.se_samplers[d] is not None and c.beta_se > 0 for d in range(2)), has_contrastive(s),
+            c.l2 > 0]
+    keys = [f"loss/{t.split('/')[0]}/{names[int(t[-1])]}" if "/" in t else f"loss/{t}" for t in TERMS]
+    return {k: key for k, (key, on) in enumerate(zip(keys, used, strict=True)) if on}
+
+
+def divergence(history: list[dict[str, Any]], record: dict[str, Any], bounded: set[str]) -> str | None:
+    """Why an epoch's record shows a diverged run: a non-finite loss, or an unbounded term (not in `bounded`) whose
+    size exceeds EXPLOSION times its first epoch's (or EXPLOSION, for a term that started below 1); None if healthy.
+    """
+    first = history[0] if history else record
+    for key, value in record.items():
+        if not key.startswith("loss"):
+            continue
+        if not math.isfinite(value):
+            return f"{key} is {value} at epoch {record['epoch']}"
+        if key == "loss" or key in bounded:
+            continue
+        if abs(value) > EXPLOSION * max(abs(first[key]), 1.0):
+            return (f"{key} reached {value:.4g} at epoch {record['epoch']}, over {EXPLOSION:g} times its first "
+                    f"epoch's {first[key]:.4g}")
+    return None
+
+
 def end_epoch(
-    run: Run, alpha: float, losses: list[torch.Tensor], started: float, late: bool = False,
+    run: Run, alpha: float, terms: list[torch.Tensor], started: float, late: bool = False,
     val: list[float] | None = None,
 ) -> None:
-    """Validate, keep each stopping group's best weights, record the epoch, checkpoint, call back.
+    """Record the epoch's loss terms, stop a diverged run, validate, keep each stopping group's best weights,
+    checkpoint, call back.
 
-    late: the wall deadline has passed, so this is the run's last epoch (checkpointed like any last epoch).
-    val: the run's `validate` result when already computed (runs trained together validate at once).
+    terms: each step's `losses.TERMS` (unweighted). late: the wall deadline has passed, so this is the run's last
+    epoch (checkpointed like any last epoch). val: the run's `validate` result when already computed (runs trained
+    together validate at once).
     """
     s, state, c = run.s, run.state, run.s.config
+    means = torch.stack(terms).mean(0)
+    record: dict[str, Any] = {"epoch": state.epoch, "loss": float(means @ s.weights), "alpha": alpha}
+    record |= {key: float(means[k]) for k, key in term_names(s).items()}
+    state.train_seconds += time.perf_counter() - started
+    run.failed = divergence(state.history, record, {"loss/cl"} if c.cl_normalize else set())
+    if run.failed is not None:
+        run.failed = f"training diverged: {run.failed} (config {c.model}, ablation {c.ablation}, seed {c.seed})"
+        return
+    if state.epoch % GRAD_EVERY == 0 and (ratio := gradient_ratio(s, alpha, state.epoch)) is not None:
+        record["grad_ratio"] = ratio
     val = validate(s, alpha) if val is None else val
     groups = _groups(c)
     for g, group in enumerate(groups):
@@ -374,9 +370,7 @@ def end_epoch(
             state.best_score[g], state.best_epoch[g] = score, state.epoch
             state.best_params[g] = _params_of(s.model, group, len(groups) == 1)
             state.best_alpha[g] = alpha
-    state.train_seconds += time.perf_counter() - started
-    record = {"epoch": state.epoch, "loss": float(torch.stack(losses).mean()), "alpha": alpha,
-              **{f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}}
+    record |= {f"val_ndcg@{c.val_n}/{d.name}": v for d, v in zip(s.pair.domains, val, strict=True)}
     state.history.append(record)
     state.epoch += 1
     run.out_of_time = late
@@ -397,13 +391,16 @@ def train(
     """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end.
 
     deadline: a `time.time()` after which no further epoch starts (the run then keeps its best epoch so far).
+    Raises `TrainingDiverged` when the loss goes non-finite or explodes.
     """
     run = start_run(s, run_dir, resume, on_epoch)
     while not run.done:
         started = time.perf_counter()
         alpha = alpha_at(run.state.epoch)
-        losses = [train_step(s, alpha, run.generator, run.optimizer) for _ in range(s.config.batches_per_epoch)]
-        end_epoch(run, alpha, losses, started, past(deadline))
+        terms = [train_step(s, alpha, run.generator, run.optimizer) for _ in range(s.config.batches_per_epoch)]
+        end_epoch(run, alpha, terms, started, past(deadline))
+    if run.failed is not None:
+        raise TrainingDiverged(run.failed)
     restore_best(s, run.state)
     return run.state
 
@@ -442,14 +439,14 @@ def domain_alphas(s: Setup, state: TrainState) -> list[float]:
 def _save_checkpoint(
     path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: TrainState
 ) -> None:
-    """Write model, optimizer, RNG and training state atomically."""
+    """Write model, optimizer, RNG and training state atomically, as plain tensors, numbers and strings."""
     payload = {
         "config": s.config.to_dict(),
         "origin": _origin(s),
         "model": s.model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
-        "state": state,
+        "state": asdict(state),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -457,15 +454,18 @@ def _save_checkpoint(
 
 def _origin(s: Setup) -> dict[str, str | None]:
     """The data and code a checkpoint's weights come from: resuming across either would mix two runs."""
-    return {"dataset_sha256": dataset_sha256(s.pair.path), "git_commit": code_version()["git_commit"]}
+    return {"dataset_sha256": dataset_sha256(s.pair.path), "code_sha256": code_sha256()}
 
 
 def _load_checkpoint(
     path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> TrainState:
     """Restore a checkpoint written by `_save_checkpoint`; config, data and code must match the run's."""
-    payload = torch.load(path, map_location=s.device, weights_only=False)
-    saved = payload["config"]
+    try:
+        payload = torch.load(path, map_location=s.device, weights_only=True)
+    except Exception as err:  # an unpickler refusal, a truncated file: either way this checkpoint cannot be used
+        raise ValueError(f"{path}: not a checkpoint this version can read ({err}); remove it to retrain") from err
+    saved = Config.from_dict(payload["config"]).to_dict()
     differing = sorted(k for k, v in s.config.to_dict().items() if saved.get(k) != v and k != "max_epochs")
     differing += sorted(k for k, v in _origin(s).items() if payload.get("origin", {}).get(k) != v)
     if differing:
@@ -476,4 +476,4 @@ def _load_checkpoint(
     s.model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"].cpu())  # map_location moved the CPU byte state to the device
-    return copy.deepcopy(payload["state"])
+    return TrainState(**copy.deepcopy(payload["state"]))

@@ -33,9 +33,11 @@ def assert_same_run(alone: tuple, together: tuple) -> None:
     assert state_a.best_epoch == state_b.best_epoch and state_a.epoch == state_b.epoch
     for rec_a, rec_b in zip(state_a.history, state_b.history, strict=True):
         assert rec_a.keys() == rec_b.keys()
-        assert rec_b["loss"] == pytest.approx(rec_a["loss"], rel=LOSS_RTOL)
-        for key in rec_a.keys() - {"loss"}:
-            assert rec_b[key] == pytest.approx(rec_a[key], abs=RANKING_ATOL), key
+        for key in rec_a:
+            if key.startswith(("loss", "grad_ratio")):
+                assert rec_b[key] == pytest.approx(rec_a[key], rel=LOSS_RTOL), key
+            else:
+                assert rec_b[key] == pytest.approx(rec_a[key], abs=RANKING_ATOL), key
     scores_a, scores_b = (inference_scores(s, domain_alphas(s, st)) for s, st in (alone, together))
     for a, b in zip(scores_a, scores_b, strict=True):
         assert (a - b).abs().max() <= SCORE_RTOL * a.abs().max()
@@ -181,7 +183,7 @@ def test_checkpoints_follow_the_interval_and_the_last_epoch(tiny_pair: PairData,
                        checkpoint_every=3600)
     assert not any((f / CHECKPOINT).exists() for f in folders)  # the interval had not passed
     train_together([setup(tiny_pair, quick(seed=k), feats) for k in (0, 1)], folders, checkpoint_every=3600)
-    assert [torch.load(f / CHECKPOINT, weights_only=False)["state"].epoch for f in folders] == [3, 3]
+    assert [torch.load(f / CHECKPOINT, weights_only=True)["state"]["epoch"] for f in folders] == [3, 3]
 
 
 def test_epoch_steps_without_a_graph_are_plain_union_steps(tiny_pair: PairData) -> None:
@@ -190,7 +192,7 @@ def test_epoch_steps_without_a_graph_are_plain_union_steps(tiny_pair: PairData) 
             for _ in range(2)]
     stepped = [Together.of(runs[0]).step(alpha_at(0)) for _ in range(3)]
     epoch = epoch_steps(Together.of(runs[1]), alpha_at(0), 3)
-    assert [[float(x) for x in step] for step in epoch] == [[float(x) for x in step] for step in stepped]
+    assert [[x.tolist() for x in step] for step in epoch] == [[x.tolist() for x in step] for step in stepped]
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         epoch_steps(Together.of(runs[1]), alpha_at(0), 3, graph=True)
 
@@ -204,5 +206,5 @@ def test_a_union_step_reads_alpha_from_a_device_scalar_as_from_a_float(tiny_pair
     scalar = torch.tensor(0.0)
     for epoch in (0, 30, 60):
         scalar.fill_(alpha_at(epoch))
-        expected = [float(x) for x in by_float.step(alpha_at(epoch))]
-        assert [float(x) for x in by_scalar.step(scalar)] == pytest.approx(expected, rel=1e-6)
+        expected = torch.stack(by_float.step(alpha_at(epoch))).flatten().tolist()
+        assert torch.stack(by_scalar.step(scalar)).flatten().tolist() == pytest.approx(expected, rel=1e-6)

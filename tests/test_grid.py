@@ -15,7 +15,7 @@ import pytest
 import micrec_core.experiment as experiment
 from micrec_core.batched import RANKING_ATOL
 from micrec_core.experiment import load_run
-from micrec_core.grid import collect, run_grid, stopping_statement, variant_config
+from micrec_core.grid import GridError, collect, run_dir, run_grid, stopping_statement, variant_config
 from micrec_core.train import stop_reason
 
 
@@ -39,7 +39,7 @@ def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Pa
     assert (folders[0] / "metrics.json").stat().st_mtime_ns != stamps[folders[0]]  # a changed config retrains
     table = collect(tmp_path, tiny_dataset)
     assert set(table["variant"]) == {"inmo", "lightgcn"} and set(table["seed"]) == {0, 1}
-    assert set(table["source"]) == {"model", "most_popular"}
+    assert set(table["source"]) == {"model", "most_popular", "validation"}
     assert {"all", "unseen_users", "low_degree_items"} <= set(table["group"])
     assert table["value"].dropna().between(0, 1).all()
 
@@ -211,3 +211,101 @@ def test_grid_workers_end_when_the_grid_process_is_killed(tiny_dataset: Path, tm
     grid.wait()
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file of a run folder with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_finished_run_is_never_overwritten_by_another_configuration(tiny_dataset: Path, tmp_path: Path) -> None:
+    from micrec_core.cli import main
+
+    out = tmp_path / "run"
+    base = ["train", "--dataset", str(tiny_dataset), "--model", "inmo", "--max-epochs", "1", "--device", "cpu",
+            "--quiet", "--out", str(out)]
+    assert main(base) == 0
+    before = _files(out)
+    assert main([*base, "--lr", "0.01", "--resume"]) == 2  # another configuration: refused, nothing touched
+    assert main(base) == 2  # the same configuration without --resume: refused too
+    assert main([*base[:6], "2", *base[7:], "--resume"]) == 0  # a longer run of it continues from its checkpoint
+    longer = json.loads((out / "metrics.json").read_text())
+    assert longer["epochs_run"] == 2 and longer["config"]["max_epochs"] == 2
+    assert main([*base, "--resume"]) == 2  # its checkpoint (epoch 2) is beyond max_epochs 1: refused
+    assert json.loads((out / "metrics.json").read_text()) == longer
+    assert main([*base, "--lr", "0.01", "--force"]) == 0  # asked: replaced
+    assert json.loads((out / "metrics.json").read_text())["config"]["lr"] == 0.01
+    assert _files(out) != before
+
+
+def test_a_refused_run_names_the_folder_and_the_fields_and_leaves_it_as_it_was(tiny_dataset: Path,
+                                                                              tmp_path: Path) -> None:
+    from micrec_core.experiment import run_experiment
+
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
+    before = _files(folder)
+    with pytest.raises(ValueError, match=r"holds a run of another configuration \(metrics.json differs in dim, lr\)"):
+        run_experiment(variant_config("inmo", tiny_dataset, 0, **(small | {"dim": 4, "lr": 0.1})), folder,
+                       resume=True, progress=False)
+    (folder / "checkpoint.pt").unlink()  # as in a clone: a finished run without its checkpoint
+    before.pop("checkpoint.pt")
+    with pytest.raises(GridError, match="max_epochs 1 and no checkpoint"):
+        run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **(small | {"max_epochs": 3}))
+    assert _files(folder) == before
+
+
+def test_an_unreadable_run_file_names_itself_and_the_rest_of_the_grid_trains(tiny_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    broken = run_dir(tmp_path, tiny_dataset, "inmo", 0)
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text('{"config": {"model": "inmo", ')
+    with pytest.raises(GridError, match=r"inmo/seed0/metrics.json: unreadable"):
+        run_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, **small)
+    assert (run_dir(tmp_path, tiny_dataset, "inmo", 1) / "metrics.json").is_file()
+
+
+def test_sweep_points_train_into_their_own_folders_and_are_reused(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    points = [{}, {"se_weight": "full"}, {"lr": 0.01, "se_weight": "full"}]
+    folders = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, settings=points, **small)
+    assert [f.parent.name for f in folders] == ["inmo", "inmo+se_weight=full", "inmo+lr=0.01+se_weight=full"]
+    configs = [json.loads((f / "metrics.json").read_text())["config"] for f in folders]
+    assert [(c["se_weight"], c["lr"]) for c in configs] == [("diagonal", 0.001), ("full", 0.001), ("full", 0.01)]
+    stamps = [(f / "metrics.json").stat().st_mtime_ns for f in folders]
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path, settings=points[1:], **small)
+    assert [(f / "metrics.json").stat().st_mtime_ns for f in folders] == stamps
+    table = collect(tmp_path, tiny_dataset)
+    assert set(table["variant"]) == {"inmo", "inmo+se_weight=full", "inmo+lr=0.01+se_weight=full"}
+
+
+def test_a_legacy_run_is_reused_as_the_run_of_its_recorded_settings(tiny_dataset: Path, tmp_path: Path) -> None:
+    from micrec_core.config import LEGACY
+
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    mean = {"loss_reduction": "mean"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, settings=[mean], **small)[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for name in LEGACY:  # as written before these fields existed
+        del metrics["config"][name]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    stamp = (folder / "metrics.json").stat().st_mtime_ns
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path, settings=[mean], **small)
+    assert (folder / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tiny_dataset: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from micrec_core.cli import main
+    from micrec_core.grid import failures
+
+    bad = {"dim": 16, "cl_normalize": False, "lr": 0.05, "gamma_cl": 10.0, "cl_users": 64, "batches_per_epoch": 20,
+           "max_epochs": 10, "patience": 100, "device": "cpu"}
+    folders = run_grid(tiny_dataset, ["no-mm", "inmo"], [0], tmp_path, **bad)
+    assert list(failures(folders)) == [folders[0]] and (folders[1] / "metrics.json").is_file()
+    argv = ["grid", "--dataset", str(tiny_dataset), "--variants", "no-mm", "--seeds", "1", "--runs", str(tmp_path),
+            "--device", "cpu", "--quiet", "--no-cl-normalize", "--lr", "0.05", "--gamma-cl", "10", "--cl-users", "64",
+            "--max-epochs", "10", "--set", "dim=16", "--set", "batches_per_epoch=20", "--set", "patience=100"]
+    assert main(argv) == 2
+    assert "diverged" in capsys.readouterr().err

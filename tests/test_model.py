@@ -148,3 +148,23 @@ def test_alpha_schedule_matches_inmo() -> None:
     assert alpha_at(0) == 0.5
     assert alpha_at(100) == pytest.approx(1 - 0.5 * 0.99**100)
     assert all(alpha_at(e) < alpha_at(e + 1) < 1.0 for e in range(0, 500, 50))
+
+
+def test_sum_reduction_is_the_paper_s_sum_over_triples() -> None:
+    g = torch.Generator().manual_seed(1)
+    u, i, j = (torch.randn(7, 4, generator=g) for _ in range(3))
+    by_triple = [bpr_loss(u[t : t + 1], i[t : t + 1], j[t : t + 1]).item() for t in range(7)]
+    assert bpr_loss(u, i, j, "sum").item() == pytest.approx(sum(by_triple), rel=1e-6)
+    assert bpr_loss(u, i, j, "mean").item() == pytest.approx(sum(by_triple) / 7, rel=1e-6)
+    w = torch.randn(4, 4, generator=g)
+    assert se_loss(u, i, j, w, "sum").item() == pytest.approx(7 * se_loss(u, i, j, w, "mean").item(), rel=1e-6)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        bpr_loss(u, i, j, "max")
+
+
+def test_projector_without_normalisation_keeps_the_norms() -> None:
+    torch.manual_seed(0)
+    projector = Projector(8, normalize=False)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(projector(x), projector.net(x))
+    assert not torch.allclose(projector(x).norm(dim=-1), torch.ones(5))

@@ -83,7 +83,7 @@ def test_resume_equals_uninterrupted(tiny_pair: PairData, tmp_path: Path) -> Non
 
     with pytest.raises(Killed):
         run(tiny_pair, config, run_dir=tmp_path / "killed", on_epoch=kill_after_two)
-    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)["state"].epoch == 2
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["state"]["epoch"] == 2
     _, resumed_state, resumed_test = run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True)
     assert resumed_test == full_test
     assert resumed_state.history == full_state.history
@@ -93,7 +93,7 @@ def test_resume_rejects_a_different_config_or_data(tiny_pair: PairData, tmp_path
     run(tiny_pair, quick(max_epochs=1), run_dir=tmp_path)
     with pytest.raises(ValueError, match=r"different lr;"):
         run(tiny_pair, quick(max_epochs=2, lr=0.01), run_dir=tmp_path, resume=True)
-    payload = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    payload = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     payload["origin"]["dataset_sha256"] = "0" * 64
     torch.save(payload, tmp_path / CHECKPOINT)
     with pytest.raises(ValueError, match=r"different dataset_sha256;"):
@@ -137,8 +137,8 @@ def test_no_leakage_into_training(tiny_pair: PairData, tmp_path: Path, model: st
         _perturbed(tiny_pair), config, _perturbed_unseen_features(tiny_pair, feats), run_dir=tmp_path / "b"
     )
     assert [h["loss"] for h in state_a.history] == [h["loss"] for h in state_b.history]
-    params_a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=False)["model"]
-    params_b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["model"]
+    params_a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)["model"]
+    params_b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["model"]
     assert params_a.keys() == params_b.keys()
     for key in params_a:
         torch.testing.assert_close(params_a[key], params_b[key], rtol=0, atol=0, msg=key)
@@ -237,3 +237,92 @@ def test_evaluation_over_prebuilt_inference_graphs_is_the_same(tiny_pair: PairDa
     s, state, test = run(tiny_pair, quick())
     phases = [inference_phase(s, d) for d in range(2)]
     assert evaluate_test(s, domain_alphas(s, state), phases) == test
+
+
+def test_the_history_records_each_loss_term_and_the_gradient_ratio(tiny_pair: PairData) -> None:
+    from micrec_core.losses import term_weights
+    from micrec_core.train import GRAD_EVERY
+
+    config = quick(max_epochs=GRAD_EVERY + 1)
+    _, state, _ = run(tiny_pair, config)
+    names = [d.name for d in tiny_pair.domains]
+    terms = [f"loss/{t}/{n}" for t in ("bpr", "se") for n in names] + ["loss/cl"]
+    weights = term_weights(config)[:5].tolist()
+    for record in state.history:
+        assert set(terms) <= set(record) and "loss/l2" not in record
+        assert record["loss"] == pytest.approx(sum(w * record[t] for w, t in zip(weights, terms, strict=True)),
+                                               rel=1e-5)
+        assert ("grad_ratio" in record) == (record["epoch"] % GRAD_EVERY == 0)
+    assert all(record["grad_ratio"] > 0 for record in state.history if "grad_ratio" in record)
+    _, inmo, _ = run(tiny_pair, quick("inmo", max_epochs=2))
+    assert all("loss/cl" not in r and "grad_ratio" not in r and f"loss/se/{names[0]}" in r for r in inmo.history)
+    _, lightgcn, _ = run(tiny_pair, quick("lightgcn", max_epochs=1))
+    assert not any(key.startswith("loss/se") for key in lightgcn.history[0])
+
+
+def test_the_gradient_ratio_leaves_the_run_s_random_stream_alone(tiny_pair: PairData,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import micrec_core.train as train_module
+
+    _, with_ratio, test_with = run(tiny_pair, quick(max_epochs=3))
+    monkeypatch.setattr(train_module, "gradient_ratio", lambda *args: None)
+    _, without, test_without = run(tiny_pair, quick(max_epochs=3))
+    assert [r["loss"] for r in with_ratio.history] == [r["loss"] for r in without.history]
+    assert test_with == test_without
+
+
+def test_sum_reduction_weighs_l_cl_by_the_paper_not_by_the_batch_size(tiny_pair: PairData) -> None:
+    from micrec_core.train import draw, gradient_ratio, step_terms
+
+    feats = random_features(tiny_pair)
+    terms, ratios = {}, {}
+    for reduction in ("sum", "mean"):
+        s = setup(tiny_pair, quick(loss_reduction=reduction), feats)
+        terms[reduction] = step_terms(s, 0.5, draw(s, torch.Generator().manual_seed(3)))
+        ratios[reduction] = gradient_ratio(s, 0.5, 0)
+    batch = torch.tensor(s.batch_sizes * 2, dtype=torch.float32)
+    torch.testing.assert_close(terms["sum"][:4], terms["mean"][:4] * batch)
+    torch.testing.assert_close(terms["sum"][4], terms["mean"][4])  # L_CL is a mean over users either way
+    assert ratios["mean"] > min(s.batch_sizes) * ratios["sum"] / 2
+
+
+def test_a_diverging_loss_stops_the_run_with_an_error_and_no_result(tiny_pair: PairData, tmp_path: Path) -> None:
+    from micrec_core.experiment import FAILED_FILE, run_experiment
+    from micrec_core.train import TrainingDiverged
+
+    config = quick(ablation="no-mm", cl_normalize=False, lr=0.05, gamma_cl=10.0, cl_users=64, batches_per_epoch=20,
+                   max_epochs=10, patience=100, dataset=str(tiny_pair.path))
+    with pytest.raises(TrainingDiverged, match="training diverged: loss/cl reached"):
+        run_experiment(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "model.pt").exists()
+    record = json.loads((tmp_path / "run" / FAILED_FILE).read_text())
+    assert record["config"]["cl_normalize"] is False and "diverged" in record["error"]
+    train(setup(tiny_pair, replace(config, cl_normalize=True)))  # bounded by the normalisation: trains
+    with pytest.raises(TrainingDiverged, match=r"is (nan|inf)"):
+        train(setup(tiny_pair, replace(config, cl_normalize=True, lr=1e30)))
+
+
+def test_divergence_checks() -> None:
+    from micrec_core.train import divergence
+
+    first = {"epoch": 0, "loss": 10.0, "loss/bpr/A": 9.0, "loss/cl": 1.0}
+    assert divergence([], first, set()) is None
+    assert "is nan" in divergence([first], first | {"epoch": 1, "loss/bpr/A": float("nan")}, set())
+    assert "over 100 times" in divergence([first], first | {"epoch": 1, "loss/cl": -101.0}, set())
+    assert divergence([first], first | {"epoch": 1, "loss/cl": -101.0}, {"loss/cl"}) is None
+    assert divergence([first], first | {"epoch": 1, "loss/bpr/A": 899.0}, set()) is None
+
+
+def test_per_domain_model_selection_for_a_coupled_run(tiny_pair: PairData) -> None:
+    _, state, _ = run(tiny_pair, quick(best_epoch="per-domain", max_epochs=4))
+    assert len(state.best_epoch) == 2
+    for d, best in enumerate(state.best_epoch):
+        scores = [r[f"val_ndcg@20/{tiny_pair.domains[d].name}"] for r in state.history]
+        assert best == scores.index(max(scores))
+
+
+def test_a_pair_without_two_overlapping_users_refuses_the_contrastive_loss(tiny_pair: PairData) -> None:
+    lonely = replace(tiny_pair, overlap=tiny_pair.overlap[:1])
+    with pytest.raises(ValueError, match="share 1 seen user"):
+        setup(lonely, quick(ablation="no-mm"))
+    setup(lonely, quick(ablation="no-cd"), random_features(tiny_pair))  # without L_CL it trains

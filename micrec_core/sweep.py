@@ -1,0 +1,94 @@
+"""Sensitivity sweeps: settings from the command line, their grid of run configurations, and the choice of one by
+validation (never test) performance.
+
+`micrec grid --set gamma_cl=1,0.1 --set loss_reduction=mean,sum` asks for the product of the listed values; each
+point is a dict of `Config` overrides and gets its own run folders (`grid.variant_label`). `select` picks the
+point whose runs score best on the stopping criterion (validation NDCG@20 at the kept epoch, mean over seeds and
+domains); only then does a chapter look at that point's test metrics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any
+
+import pandas as pd
+
+from micrec_core.config import Config
+
+# Fields a sweep may not set: they name the run or the machine, not a setting of the method.
+NOT_SWEPT = {"model", "ablation", "dataset", "seed", "device", "eval_ns"}
+
+
+def field_types() -> dict[str, str]:
+    """Each sweepable Config field's type, as written in its annotation ("float", "float | None", ...)."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: _type_name(hints[f.name]) for f in fields(Config) if f.name not in NOT_SWEPT}
+
+
+def _type_name(hint: Any) -> str:
+    """'int', 'float', 'bool', 'str', with ' | None' when None is allowed."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    optional = type(None) in typing.get_args(hint)
+    return args[0].__name__ + (" | None" if optional else "")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """One value of field `name` from its command-line text; an error names the field and the value."""
+    types = field_types()
+    if name not in types:
+        raise ValueError(f"--set: {name!r} is not a setting that can be swept; choose from {', '.join(sorted(types))}")
+    kind = types[name]
+    if kind.endswith("| None") and text.lower() == "none":
+        return None
+    base = kind.split(" ")[0]
+    try:
+        if base == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError("expected true or false")
+            return text.lower() == "true"
+        return {"int": int, "float": float, "str": str}[base](text)
+    except ValueError as err:
+        raise ValueError(f"--set {name}={text}: not a valid {base} ({err})") from err
+
+
+def parse_setting(spec: str) -> tuple[str, list[Any]]:
+    """'key=v1,v2' -> (key, [v1, v2]) with each value typed like the Config field."""
+    name, sep, values = spec.partition("=")
+    if not sep or not values:
+        raise ValueError(f"--set expects key=value[,value...], got {spec!r}")
+    parsed = [parse_value(name.strip(), v.strip()) for v in values.split(",")]
+    if len(set(map(repr, parsed))) != len(parsed):
+        raise ValueError(f"--set {spec}: a value is listed twice")
+    return name.strip(), parsed
+
+
+def expand(specs: Iterable[str]) -> list[dict[str, Any]]:
+    """The product of the `--set` specs as a list of override dicts (one empty dict when there is none)."""
+    axes = [parse_setting(spec) for spec in specs]
+    names = [name for name, _ in axes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--set names a setting twice: {', '.join(names)}")
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(v for _, v in axes))]
+
+
+def validation_table(results: pd.DataFrame, labels: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per sweep point (run label -> its settings): validation NDCG per domain and their mean, averaged over the
+    seeds present, with the number of seeds; rows in the order of `labels`, missing points dropped."""
+    val = results[(results["source"] == "validation") & results["variant"].isin(list(labels))]
+    table = val.groupby(["variant", "domain"])["value"].mean().unstack("domain")
+    table["mean"] = table.mean(axis=1)
+    table["seeds"] = val.drop_duplicates(["variant", "seed"]).groupby("variant").size()
+    table = table.reindex([label for label in labels if label in table.index])
+    settings = pd.DataFrame([dict(labels[label]) for label in table.index], index=table.index)
+    return pd.concat([settings, table], axis=1)
+
+
+def select(table: pd.DataFrame) -> str:
+    """The run label with the highest mean validation score (ties: the first listed)."""
+    if table.empty:
+        raise ValueError("no finished run in the sweep: nothing to select")
+    return str(table["mean"].idxmax())

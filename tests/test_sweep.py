@@ -1,0 +1,71 @@
+"""Sensitivity sweeps: typed --set values, their product, and selection on validation scores only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from micrec_core.grid import collect, run_grid, variant_label
+from micrec_core.sweep import expand, parse_setting, select, validation_table
+
+
+def test_settings_are_typed_like_the_config_field() -> None:
+    assert parse_setting("gamma_cl=1,0.1") == ("gamma_cl", [1.0, 0.1])
+    assert parse_setting("cl_normalize=true,False") == ("cl_normalize", [True, False])
+    assert parse_setting("tau=none,0.2") == ("tau", [None, 0.2])
+    assert parse_setting("cl_users=16") == ("cl_users", [16])
+    assert parse_setting("loss_reduction=mean,sum") == ("loss_reduction", ["mean", "sum"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("gamma_cl", "key=value"), ("colour=red", "not a setting that can be swept"), ("seed=1", "not a setting"),
+    ("cl_users=1.5", "not a valid int"), ("cl_normalize=yes", "not a valid bool"), ("lr=0.1,0.1", "listed twice"),
+])
+def test_bad_settings_are_named(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_setting(spec)
+
+
+def test_the_sweep_is_the_product_of_the_settings() -> None:
+    points = expand(["gamma_cl=1,0.1", "loss_reduction=mean,sum", "tau=0.2"])
+    assert len(points) == 4 and {p["tau"] for p in points} == {0.2}
+    assert {(p["gamma_cl"], p["loss_reduction"]) for p in points} == {(1.0, "mean"), (1.0, "sum"), (0.1, "mean"),
+                                                                     (0.1, "sum")}
+    assert expand([]) == [{}]
+    with pytest.raises(ValueError, match="twice"):
+        expand(["lr=0.1", "lr=0.2"])
+
+
+def test_selection_reads_validation_scores_never_test(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 3, "batches_per_epoch": 2, "device": "cpu"}
+    points = expand(["lr=0.001,0.05"])
+    folders = run_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, settings=points, **small)
+    results = collect(tmp_path, tiny_dataset)
+    labels = {variant_label("inmo", p): p for p in points}
+    table = validation_table(results, labels)
+    assert list(table.index) == list(labels) and set(table["seeds"]) == {2}
+    for folder in folders:  # the validation rows are each domain's stopping criterion at its kept epoch
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows = results[(results["source"] == "validation") & (results["variant"] == folder.parent.name)
+                       & (results["seed"] == metrics["config"]["seed"])]
+        for k, domain in enumerate(metrics["test"]):
+            best = metrics["history"][metrics["best_epochs"][k]][f"val_ndcg@20/{domain}"]
+            assert rows.loc[rows["domain"] == domain, "value"].item() == best
+    chosen = select(table)
+    assert table.loc[chosen, "mean"] == table["mean"].max()
+    tampered = results.copy()  # test metrics play no part: making the other point's test scores perfect changes
+    other = next(label for label in labels if label != chosen)  # nothing
+    tampered.loc[(tampered["variant"] == other) & (tampered["source"] == "model"), "value"] = 1.0
+    assert select(validation_table(tampered, labels)) == chosen
+    with pytest.raises(ValueError, match="nothing to select"):
+        select(validation_table(results, {"inmo+lr=9": {"lr": 9.0}}))
+
+
+def test_a_sweep_point_equal_to_the_variant_is_the_variant_s_own_run() -> None:
+    assert variant_label("micrec", {"gamma_cl": 1, "loss_reduction": "sum", "cl_loss": "paper"}) == "micrec"
+    assert variant_label("micrec", {"gamma_cl": 0.1, "loss_reduction": "sum"}) == "micrec+gamma_cl=0.1"
+    assert variant_label("micrec-infonce", {"cl_loss": "infonce", "tau": 0.2}) == "micrec-infonce+tau=0.2"
+    assert variant_label("inmo", {"se_weight": "diagonal"}) == "inmo"
+    assert variant_label("inmo", {"se_weight": "full"}) == "inmo+se_weight=full"
