@@ -75,6 +75,16 @@ def expand(specs: Iterable[str]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(v for _, v in axes))]
 
 
+def sweep_points(text: str) -> list[dict[str, Any]]:
+    """The points of a chapter's `sweep` parameter: groups separated by ';', each a product of space-separated
+    `key=v1,v2` settings; the union of the groups' points, each once, in order."""
+    points: list[dict[str, Any]] = []
+    for group in text.split(";"):
+        if group.strip():
+            points += [p for p in expand(group.split()) if p not in points]
+    return points
+
+
 def validation_table(results: pd.DataFrame, labels: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Per sweep point (run label -> its settings): validation NDCG per domain and their mean, averaged over the
     seeds present, with the number of seeds; rows in the order of `labels`, missing points dropped."""

@@ -69,3 +69,12 @@ def test_a_sweep_point_equal_to_the_variant_is_the_variant_s_own_run() -> None:
     assert variant_label("micrec-infonce", {"cl_loss": "infonce", "tau": 0.2}) == "micrec-infonce+tau=0.2"
     assert variant_label("inmo", {"se_weight": "diagonal"}) == "inmo"
     assert variant_label("inmo", {"se_weight": "full"}) == "inmo+se_weight=full"
+
+
+def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:
+    from micrec_core.sweep import sweep_points
+
+    points = sweep_points("gamma_cl=1,0.1 loss_reduction=mean,sum; gamma_cl=1,0.1 tau=0.2;")
+    assert len(points) == 6 and points[:4] == expand(["gamma_cl=1,0.1", "loss_reduction=mean,sum"])
+    assert sweep_points("gamma_cl=1; gamma_cl=1") == [{"gamma_cl": 1.0}]
+    assert sweep_points("") == []
