@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The prepared device session for issues #5 and #6: one call, everything it measures written under $OUT.
+# The prepared device session (issues #5, #6, #13): one call, everything it measures written under $OUT.
 #
-# Before the call, on the CPU machine, build both pairs and their text features (a few minutes):
+# Before the call, on the CPU machine, build the pairs and their text features (a few minutes); Food & Kitchen
+# only builds at --min-count 5 from the shared copy (its SOURCES.md), which every number of it must say:
 #   for p in Beauty,Electronics Toys_and_Games,Video_Games; do n=${p/,/_}
 #     .venv/bin/micrec data build --raw ../shared/data/amazon2014 --pair $p --out data/processed/$n
 #     .venv/bin/micrec features --dataset data/processed/$n; done
+#   .venv/bin/micrec data build --raw ../shared/data/amazon2014 --pair Grocery_and_Gourmet_Food,Home_and_Kitchen \
+#     --min-count 5 --out data/processed/Grocery_and_Gourmet_Food_Home_and_Kitchen
+#   .venv/bin/micrec features --dataset data/processed/Grocery_and_Gourmet_Food_Home_and_Kitchen
 #   mkdir -p .gpu && tar czf .gpu/data.tar.gz --exclude=cache data/processed/Beauty_Electronics \
-#     data/processed/Toys_and_Games_Video_Games
+#     data/processed/Grocery_and_Gourmet_Food_Home_and_Kitchen
 # (4 MB: the uncovered modalities' zero features compress away; the folders themselves are over the 64 MiB a call
 # carries). Then run it on the device with carry = [".gpu"] and the command `bash bench/gpu_session.sh`
 # (timeout_s 600). The device image has torch, pandas, pyarrow and tqdm, which is all the core needs to train (the
@@ -33,6 +37,12 @@
 # training then stops at its epoch's end, is evaluated at its best epoch so far, and its metrics.json says
 # "stopped": "time budget" (the book counts such runs apart from those that early-stopped).
 #
+# Issue #13's sensitivity sweep (chapter 6) runs after the grid when SWEEP is set, per pair, one seed per point:
+#   SWEEP="--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
+# (a second group, e.g. gamma x tau, in a second call with SWEEP changed); the 5-seed test rows of chapter 6 are the
+# grid's runs plus INMO with the full W (SE_FULL=1 adds `inmo --set se_weight=full`), and the validation-selected
+# point's other seeds, which a later call trains with SWEEP naming that point and SWEEP_SEEDS=5.
+#
 # It writes: device.txt (GPU, torch, commit), check.txt (the union from CUDA graphs == each run alone, on the GPU),
 # bench.txt (steps/s, inference + evaluation time, peak memory; MICRec eager with operation counts, one MICRec run
 # from a CUDA graph with kernels per step, the same with torch.compile, the grid's 30-run union), grid_<pair>.log
@@ -53,7 +63,10 @@ BENCH_PAIR=${BENCH_PAIR:-Beauty_Electronics}
 BENCH_EPOCHS=${BENCH_EPOCHS:-2}
 CHECK_SECONDS=${CHECK_SECONDS:-75}
 BENCH_SECONDS=${BENCH_SECONDS:-110}
-PAIRS=${PAIRS:-"Toys_and_Games_Video_Games Beauty_Electronics"}
+PAIRS=${PAIRS:-"Beauty_Electronics Grocery_and_Gourmet_Food_Home_and_Kitchen"}
+SWEEP=${SWEEP:-}
+SWEEP_SEEDS=${SWEEP_SEEDS:-1}
+SE_FULL=${SE_FULL:-1}
 VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,micrec-infonce,lightgcn}
 UNION=micrec,no-mm,no-cd,no-vis,no-txt,inmo
 TOGETHER=${TOGETHER:-auto}
@@ -94,10 +107,16 @@ stop_after=$(( BUDGET - MARGIN - ($(date +%s) - START) ))
 say "grid: $PAIRS, $SEEDS seeds, $VARIANTS, runs stop after $stop_after s"
 for pair in $PAIRS; do
   ( start=$(date +%s)
-    timeout $(( stop_after + MARGIN - 10 )) python3 -m micrec_core.cli grid --dataset "data/processed/$pair" \
-      --variants "$VARIANTS" --seeds "$SEEDS" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$RUNS_DIR" \
-      --jobs 3 --threads 2 --together "$TOGETHER" --stop-after "$stop_after" --quiet
-    echo "exit $? after $(( $(date +%s) - start )) s wall"
+    grid() { left=$(( stop_after - ($(date +%s) - start) ))
+      [ "$left" -gt 30 ] || { echo "skipped (only $left s left): $*"; return; }
+      timeout $(( left + MARGIN - 10 )) python3 -m micrec_core.cli grid \
+      --dataset "data/processed/$pair" --device "$DEVICE" --max-epochs "$MAX_EPOCHS" --runs "$RUNS_DIR" --jobs 3 \
+      --threads 2 --together "$TOGETHER" --stop-after "$left" --quiet "$@"
+      echo "exit $? after $(( $(date +%s) - start )) s wall"; }
+    grid --variants "$VARIANTS" --seeds "$SEEDS"
+    [ "$SE_FULL" = 1 ] && grid --variants inmo --set se_weight=full --seeds "$SEEDS"
+    # shellcheck disable=SC2086
+    [ -n "$SWEEP" ] && grid --variants micrec $SWEEP --seeds "$SWEEP_SEEDS"
   ) > "$OUT/grid_$pair.log" 2>&1 &
 done
 wait
@@ -105,7 +124,7 @@ say "grid done"
 
 for pair in $PAIRS; do
   [ -d "$RUNS_DIR/$pair" ] || continue
-  (cd "$RUNS_DIR/$pair" && { find . -name metrics.json -o -name config.json
+  (cd "$RUNS_DIR/$pair" && { find . -name metrics.json -o -name config.json -o -name failed.json
      ls ./micrec/seed0/model.pt ./inmo/seed0/model.pt 2>/dev/null; } | tar czf "$OUT/runs_$pair.tar.gz" -T -)
   say "$pair: $(find "$RUNS_DIR/$pair" -name metrics.json | wc -l) runs in runs_$pair.tar.gz," \
     "$(grep -l '"stopped": "time budget"' "$RUNS_DIR/$pair"/*/seed*/metrics.json | wc -l) of them stopped by the budget"
