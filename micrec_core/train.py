@@ -96,7 +96,9 @@ def gradient_ratio(s: Setup, alpha: float, epoch: int) -> float | None:
     side = terms[auxiliary].sum()
     main = torch.autograd.grad(terms.sum() - side, params, retain_graph=True, allow_unused=True)
     aux = torch.autograd.grad(side, params, allow_unused=True)
-    shared = [(m, a) for m, a in zip(main, aux, strict=True) if m is not None and a is not None]
+    # reached by both: a term stacked with the others gives a parameter it does not reach an exact zero, not None
+    shared = [(m, a) for m, a in zip(main, aux, strict=True)
+              if m is not None and a is not None and bool(m.any()) and bool(a.any())]
 
     def norm(grads: list[torch.Tensor]) -> float:
         return float(torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt())
