@@ -23,7 +23,7 @@ import torch
 from micrec_core.batched import Together, epoch_steps, train_together, validate_together
 from micrec_core.dataset import load_pair
 from micrec_core.grid import variant_config
-from micrec_core.inference import evaluate_test, inference_phase
+from micrec_core.inference import evaluate_test
 from micrec_core.model import alpha_at
 from micrec_core.train import setup, start_run, train, train_step, validate
 
@@ -122,7 +122,7 @@ def bench(
         sync(s.device)
         figures["validate_union_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    phases = [inference_phase(s, d) for d in range(2)]
+    phases = [s.model.prepare_inference(d) for d in range(2)]
     sync(s.device)
     build_s = time.perf_counter() - started
     started = time.perf_counter()

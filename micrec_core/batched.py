@@ -23,19 +23,16 @@ import torch
 from micrec_core.config import Config
 from micrec_core.losses import LossInputs, gather, loss_terms
 from micrec_core.metrics import ranking_metrics, topk_items
-from micrec_core.model import Phase, alpha_at, finish
+from micrec_core.model import Draws, Phase, alpha_at, finish
 from micrec_core.sampling import Triple
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import template_product
 from micrec_core.train import (
-    Draws,
     Run,
     Setup,
     TrainingDiverged,
     TrainState,
-    draw,
     end_epoch,
-    has_contrastive,
     past,
     restore_best,
     start_run,
@@ -156,7 +153,7 @@ class Together:
                     "runs trained together may differ only in seed and variant (MICRec, its ablations, INMO); "
                     f"they differ in {differing or 'data or model family'}"
                 )
-        phases = [p for run in runs for p in run.s.train_phases]
+        phases = [p for run in runs for p in run.s.model.train_phases]
         device = runs[0].s.device
 
         def per_domain(sizes: list[int]) -> list[torch.Tensor]:
@@ -165,7 +162,7 @@ class Together:
 
         with_templates = phases[0].user_conn is not None
         user_at = per_domain([p.n_users for p in phases])
-        coupled = [k for k, run in enumerate(runs) if has_contrastive(run.s)]
+        coupled = [k for k, run in enumerate(runs) if run.s.model.coupled]
         cl_runs = torch.tensor(coupled, dtype=torch.long, device=device)
         return cls(
             runs, union_phase(phases), user_at, per_domain([p.n_items for p in phases]),
@@ -183,7 +180,7 @@ class Together:
         """
         setups = [run.s for run in self.runs]
         c = setups[0].config
-        blocks = [(s.model.domains[d], s.train_phases[d]) for s in setups for d in range(2)]
+        blocks = [(s.model.domains[d], s.model.train_phases[d]) for s in setups for d in range(2)]
         if self.phase.user_conn is None or self.phase.item_conn is None:
             initial = [model.initial(phase, alpha) for model, phase in blocks]
             x_users, x_items = torch.cat([x for x, _ in initial]), torch.cat([x for _, x in initial])
@@ -211,10 +208,10 @@ class Together:
 
         inputs = []
         for d in range(2):
-            users, pos, neg = s.bpr_samplers[d].triples(stacked([dr.bpr[d] for dr in draws]))
+            users, pos, neg = s.model.bpr_samplers[d].triples(stacked([dr.bpr[d] for dr in draws]))
             bpr = (users + self.user_at[d], pos + self.item_at[d], neg + self.item_at[d])
             se, weight = None, None
-            sampler = s.se_samplers[d]
+            sampler = s.model.se_samplers[d]
             if template_rows is not None and sampler is not None:
                 weight = _stacked_weights([run.s.model.domains[d].se_weight for run in self.runs])
                 if draws[0].se[d] is not None:
@@ -224,14 +221,14 @@ class Together:
             inputs.append(LossInputs(r_users, r_items, bpr, template_rows, weight, se))
         cl_users = None
         if self.coupled:
-            chosen = s.overlap[torch.stack([draws[k].cl_pick for k in self.coupled])]  # type: ignore[misc]
+            chosen = s.model.overlap[torch.stack([draws[k].cl_pick for k in self.coupled])]  # type: ignore[misc]
             cl_users = (gather(r_users, chosen[..., 0] + self.cl_user_at[0]),
                         gather(r_users, chosen[..., 1] + self.cl_user_at[1]))
 
         def project(d: int, reps: torch.Tensor) -> torch.Tensor:
             return self.project([self.runs[k] for k in self.coupled], d, reps)
 
-        return loss_terms(s.config, s.tau, inputs, cl_users, project, self.cl_runs)
+        return loss_terms(s.config, s.model.tau, inputs, cl_users, project, self.cl_runs)
 
     @staticmethod
     def project(runs: list[Run], d: int, reps: torch.Tensor) -> torch.Tensor:
@@ -244,11 +241,11 @@ class Together:
     def step(self, alpha: float | torch.Tensor) -> list[torch.Tensor]:
         """One optimizer step of every run: each run's draws in its own plain order, one backward for all; each
         run's loss terms (detached)."""
-        draws = [draw(run.s, run.generator) for run in self.runs]
+        draws = [run.s.model.draw(run.generator) for run in self.runs]
         terms = self.losses(alpha, draws)
         for run in self.runs:
             run.optimizer.zero_grad(set_to_none=True)
-        (terms @ self.runs[0].s.weights).sum().backward()
+        (terms @ self.runs[0].s.model.term_weights()).sum().backward()
         for run in self.runs:
             run.optimizer.step()
         return list(terms.detach().unbind())
@@ -267,7 +264,7 @@ def validate_together(together: Together, alpha: float) -> list[list[float]]:
     r_users, r_items, _ = together.representations(alpha)
     out = [[0.0] * len(s.pair.domains) for _ in together.runs]
     for d, data in enumerate(s.pair.domains):
-        n_users, n_items = s.train_phases[d].n_users, s.train_phases[d].n_items
+        n_users, n_items = s.model.train_phases[d].n_users, s.model.train_phases[d].n_items
         users = r_users[together.user_at[d] + torch.arange(n_users, device=device)]  # [K, U, dim]
         items = r_items[together.item_at[d] + torch.arange(n_items, device=device)]  # [K, I, dim]
         unseen = ~data.item_seen.to(device)

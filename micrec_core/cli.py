@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from micrec_core.amazon import RELEASES
-from micrec_core.config import ABLATIONS, BEST_EPOCHS, CL_LOSSES, MODELS, REDUCTIONS, SE_WEIGHTS, Config
+from micrec_core.config import ABLATIONS, BEST_EPOCHS, CL_LOSSES, REDUCTIONS, SE_WEIGHTS, Config
+from micrec_core.registry import REGISTRY
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model to early stop and evaluate it inductively (paper §4, §5)")
     train.add_argument("--dataset", required=True)
-    train.add_argument("--model", choices=MODELS, default="micrec")
+    train.add_argument("--model", choices=list(REGISTRY), default="micrec", help="a registered model")
     train.add_argument("--ablation", choices=ABLATIONS, default=None)
     train.add_argument("--seed", type=int, default=0, help="seeds initialisation and sampling")
     _add_config_flags(train)

@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-MODELS = ("micrec", "inmo", "lightgcn")
+from micrec_core.registry import REGISTRY, model_class
+
 ABLATIONS = ("no-mm", "no-cd", "no-vis", "no-txt")
 CL_LOSSES = ("paper", "infonce")
 REDUCTIONS = ("sum", "mean")
@@ -16,7 +17,7 @@ FOOD_KITCHEN = {"Grocery_and_Gourmet_Food", "Home_and_Kitchen"}
 MAX_SEED = 2**63 - 1
 # Fields added after runs had been trained, with the value that reproduces what those runs did. A saved config
 # without such a field is read with it (`from_dict`), so a finished run stays the run of the config it records.
-LEGACY: dict[str, Any] = {"loss_reduction": "mean", "cl_normalize": True, "best_epoch": None}
+LEGACY: dict[str, Any] = {"loss_reduction": "mean", "cl_normalize": True, "best_epoch": None, "params": {}}
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Config:
     se_weight: the SE loss's W; default the paper's full d x d matrix for MICRec, INMO's diagonal for INMO.
     best_epoch: "joint" (one best epoch for both domains, by their mean validation NDCG) or "per-domain"; default
         joint when the contrastive loss couples the domains, per-domain otherwise.
+    params: the model's own hyperparameters (its module's `Params`), every one filled in with its default when not
+        given, so the saved config says what ran.
     """
 
     model: str = "micrec"
@@ -60,10 +63,11 @@ class Config:
     val_n: int = 20
     eval_ns: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])
     device: str = "auto"
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model not in REGISTRY:
+            raise ValueError(f"--model must be one of {', '.join(REGISTRY)}, got {self.model!r}")
         if self.ablation is not None and (self.model != "micrec" or self.ablation not in ABLATIONS):
             raise ValueError(
                 f"--ablation must be one of {', '.join(ABLATIONS)} with --model micrec, got {self.ablation!r}"
@@ -77,6 +81,7 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         self._check_ranges()
+        self.params = model_class(self.model).resolve_params(self.params)
 
     def _check_ranges(self) -> None:
         """Refuse every numeric option outside its domain, naming the option."""

@@ -36,6 +36,7 @@ from micrec_core.experiment import (
     run_together,
     same_config,
 )
+from micrec_core.registry import model_class
 from micrec_core.train import CHECKPOINT, TrainingDiverged, pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
@@ -174,7 +175,8 @@ def run_grid(
                 except ValueError as err:
                     problems.append(str(err))
                     continue
-                key = union_key(config) if together else (variant_label(variant, setting), seed)
+                union = together and model_class(config.model).union
+                key = union_key(config) if union else (variant_label(variant, setting), seed)
                 cells.setdefault(key, ([], []))
                 cells[key][0].append(config)
                 cells[key][1].append(folder)

@@ -1,8 +1,9 @@
 """Inductive inference without retraining (paper §3) and test evaluation (paper §5.2).
 
-After training, E_new arrives: template connections, modality neighbours, user features and the graph are rebuilt
-over E_tr + E_new for every user and item, with the frozen template maps and trained parameters. Each user's
-E_tr, E_new and E_val items are masked and all items of the domain ranked by r_u · r_i.
+After training, E_new arrives: each model scores every user for every item of a domain from E_tr + E_new with its
+trained parameters (`Recommender.prepare_inference`, `inference_scores`; MICRec rebuilds its template connections,
+modality neighbours and graph over them with the frozen template maps). Each user's E_tr, E_new and E_val items are
+masked and all items of the domain ranked by score.
 """
 
 from __future__ import annotations
@@ -15,31 +16,15 @@ import torch
 
 from micrec_core.dataset import DomainData
 from micrec_core.metrics import group_metrics, low_degree_mask, topk_items
-from micrec_core.model import ItemModalities, Phase, build_phase
+from micrec_core.model import Phase
 from micrec_core.train import Setup
 
 
-def inference_phase(
-    s: Setup, d: int, data: DomainData | None = None, feats: ItemModalities | None = None
-) -> Phase:
-    """The phase over E_tr + E_new with every user and item visible (optionally for an extended domain)."""
-    data = data or s.pair.domains[d]
-    edges = data.edges_of("train", "new")
-    everyone_u = torch.ones(data.n_users, dtype=torch.bool)
-    everyone_i = torch.ones(data.n_items, dtype=torch.bool)
-    feats = feats if feats is not None else s.features[d]
-    phase = build_phase(data, edges, s.model.domains[d].templates, feats, s.config, everyone_u, everyone_i)
-    return phase.to(s.device)
-
-
 @torch.no_grad()
-def representations(
-    s: Setup, d: int, alpha: float, data: DomainData | None = None, feats: ItemModalities | None = None,
-    phase: Phase | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_u, r_i of every user and item of domain d at inference (over `phase` when it is already built)."""
+def representations(s: Setup, d: int, alpha: float, phase: Phase | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_u, r_i of every user and item of domain d at inference (MICRec's family; over `phase` when already built)."""
     s.model.eval()
-    return s.model.domains[d](phase or inference_phase(s, d, data, feats), s.config.layers, alpha)
+    return s.model.representations(d, alpha, phase or s.model.prepare_inference(d))  # type: ignore[attr-defined]
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:
@@ -69,26 +54,25 @@ def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[
 
 
 @torch.no_grad()
-def inference_scores(s: Setup, alphas: list[float], phases: list[Phase] | None = None) -> list[torch.Tensor]:
-    """r_u · r_i of every user and item at inference, per domain ([U, I] each); `phases` when already built."""
-    out = []
-    for d in range(len(s.pair.domains)):
-        r_users, r_items = representations(s, d, alphas[d], phase=None if phases is None else phases[d])
-        out.append(r_users @ r_items.T)
-    return out
+def inference_scores(s: Setup, alphas: list[float], prepared: list[Any] | None = None) -> list[torch.Tensor]:
+    """Every user's scores for every item at inference, per domain ([U, I] each), without retraining; `prepared`:
+    each domain's `model.prepare_inference(d)` when already built (e.g. the inference graphs of MICRec)."""
+    s.model.eval()
+    prepared = prepared or [s.model.prepare_inference(d) for d in range(len(s.pair.domains))]
+    return [s.model.inference_scores(d, alphas[d], prepared[d]) for d in range(len(s.pair.domains))]
 
 
 @torch.no_grad()
 def evaluate_test(
-    s: Setup, alphas: list[float], phases: list[Phase] | None = None
+    s: Setup, alphas: list[float], prepared: list[Any] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Test metrics per domain and group (all, seen/unseen users, seen/unseen items, low-degree items).
 
-    `phases`: the inference phases when already built (`inference_phase`), else they are built here.
+    `prepared`: each domain's `model.prepare_inference(d)` when already built, else it is built here.
     """
     return {
         data.name: test_metrics(data, scores, s.config.eval_ns)
-        for data, scores in zip(s.pair.domains, inference_scores(s, alphas, phases), strict=True)
+        for data, scores in zip(s.pair.domains, inference_scores(s, alphas, prepared), strict=True)
     }
 
 
@@ -119,15 +103,6 @@ def _extend(data: DomainData, side: str, neighbours: list[str]) -> DomainData:
     )
 
 
-def _extend_features(feats: ItemModalities | None) -> ItemModalities | None:
-    """Item features with one featureless row appended (a brand-new item has no encoded content here)."""
-    if feats is None:
-        return None
-    padded = [torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (feats.text, feats.text_mask, feats.image,
-                                                                        feats.image_mask)]
-    return ItemModalities(*padded)
-
-
 @torch.no_grad()
 def recommend_new(
     s: Setup, domain: str, alphas: list[float], items: list[str] | None = None, users: list[str] | None = None,
@@ -141,11 +116,11 @@ def recommend_new(
         raise ValueError(f"domain must be one of {names}, got {domain!r}")
     d = names.index(domain)
     data = _extend(s.pair.domains[d], "user" if items is not None else "item", items or users or [])
-    feats = _extend_features(s.features[d]) if items is None else None
-    r_users, r_items = representations(s, d, alphas[d], data, feats)
+    s.model.eval()
+    everyone = s.model.inference_scores(d, alphas[d], s.model.prepare_inference(d, data))
     if items is not None:
-        scores, ids, exclude = r_items @ r_users[-1], data.item_ids, set(items)
+        scores, ids, exclude = everyone[-1], data.item_ids, set(items)
     else:
-        scores, ids, exclude = r_users @ r_items[-1], data.user_ids, set(users or [])
+        scores, ids, exclude = everyone[:, -1], data.user_ids, set(users or [])
     order = torch.argsort(scores, descending=True, stable=True).tolist()
     return [(ids[k], float(scores[k])) for k in order if ids[k] not in exclude][:n]

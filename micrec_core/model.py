@@ -1,4 +1,5 @@
-"""MICRec and its baselines as one module: templates (§4.1) -> modality aggregation (§4.2) -> LightGCN.
+"""MICRec and the baselines it is built from, as one model family: templates (§4.1) -> modality aggregation (§4.2) ->
+LightGCN -> the joint loss (§4.3).
 
 A *phase* fixes what the model may see. Training sees E_tr and the seen users and items only; inference sees
 E_tr + E_new and every user and item. Template maps are chosen once from the training data and frozen, so an
@@ -11,16 +12,20 @@ unseen users/items get the mean of the trained embeddings, INMO's protocol for t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from micrec_core.aggregation import aggregate
 from micrec_core.config import Config
-from micrec_core.dataset import DomainData
-from micrec_core.losses import Projector
+from micrec_core.dataset import DomainData, PairData
+from micrec_core.losses import TERMS, LossInputs, Projector, gather, loss_terms, term_weights
 from micrec_core.propagation import normalized_adjacency, propagate
+from micrec_core.recommender import Recommender
+from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import Templates, connections, edge_keep, select_templates, template_representation
@@ -192,22 +197,172 @@ def _with_mean(table: torch.Tensor, mapping: torch.Tensor, n: int) -> torch.Tens
     return torch.where((mapping >= 0).unsqueeze(1), table[mapping.clamp(min=0)], mean)
 
 
-class MICRec(nn.Module):
-    """Two domain models and the projectors f^A, f^B of the contrastive loss."""
+def item_modalities(dataset: Path, domain: str) -> ItemModalities:
+    """Load a domain's item features written by `micrec features`."""
+    from micrec_core.features import load_features  # the encoders' libraries load only for models that need them
 
-    def __init__(self, domains: tuple[DomainData, DomainData], config: Config) -> None:
-        super().__init__()
-        self.config = config
+    feats = load_features(dataset, domain)
+    return ItemModalities(
+        torch.as_tensor(feats.text), torch.as_tensor(feats.text_mask),
+        torch.as_tensor(feats.image), torch.as_tensor(feats.image_mask),
+    )
+
+
+def ablate(feats: ItemModalities, config: Config) -> ItemModalities:
+    """Drop the modality an ablation removes (no-vis: images, no-txt: text) by clearing its mask."""
+    return ItemModalities(
+        feats.text, feats.text_mask & config.use_text, feats.image, feats.image_mask & config.use_image
+    )
+
+
+@dataclass
+class Draws:
+    """The randomness of one optimizer step, drawn before any arithmetic so a batched run can replay it.
+
+    Per domain: edge-dropout masks and the raw draws of the BPR and SE batches (`TripletSampler.draw`); then the
+    positions in U_o of the overlapping users for L_CL.
+    """
+
+    keeps: list[tuple[torch.Tensor | None, torch.Tensor | None]]
+    bpr: list[Triple]
+    se: list[Triple | None]
+    cl_pick: torch.Tensor | None
+
+
+class MICRecFamily(Recommender):
+    """MICRec, INMO and LightGCN (`Config.model`, with MICRec's ablations): two domain models and the projectors
+    f^A, f^B of the contrastive loss, with the training graphs, modality neighbours and samplers built from E_tr.
+
+    Unseen users and items: template models represent them from their template neighbours in E_tr + E_new
+    (eq-template-user, eq-template-item) with no parameter of their own; LightGCN gives them the mean of the
+    trained embeddings (INMO's protocol for transductive baselines).
+    """
+
+    terms = TERMS
+    union = True
+
+    def __init__(self, pair: PairData, config: Config, device: torch.device,
+                 features: list[ItemModalities] | None = None) -> None:
+        super().__init__(pair, config, device)
+        if config.contrastive and len(pair.overlap) < 2:
+            raise ValueError(
+                f"{pair.path}: the domains share {len(pair.overlap)} seen user(s), and the contrastive loss needs at "
+                "least 2; train the no-cd ablation (--ablation no-cd) or --gamma-cl 0 to run without it"
+            )
         models = []
-        for data in domains:
+        for data in pair.domains:
             templates = None
             if config.model != "lightgcn":
-                templates = select_templates(
-                    data.edges["train"], data.user_seen, data.item_seen, config.template_ratio
-                )
+                templates = select_templates(data.edges["train"], data.user_seen, data.item_seen, config.template_ratio)
             models.append(DomainModel(data, templates, config))
         self.domains = nn.ModuleList(models)
         self.projectors = nn.ModuleList([Projector(config.dim, config.cl_normalize) for _ in range(2)])
+        if not config.aggregate:
+            self.features: list[ItemModalities | None] = [None, None]
+        else:
+            given = features or [item_modalities(pair.path, d.name) for d in pair.domains]
+            self.features = [ablate(f, config) for f in given]
+        self.train_phases, self.bpr_samplers, self.se_samplers, self.batch_sizes = [], [], [], []
+        for data, domain_model, feats in zip(pair.domains, self.domains, self.features, strict=True):
+            train = data.edges["train"]
+            templates = domain_model.templates
+            self.train_phases.append(
+                build_phase(data, train, templates, feats, config, data.user_seen, data.item_seen).to(device))
+            self.bpr_samplers.append(
+                TripletSampler(train, data.n_items, torch.nonzero(data.item_seen).flatten()).to(device))
+            self.batch_sizes.append(math.ceil(train.shape[1] / config.batches_per_epoch))
+            if templates is None:
+                self.se_samplers.append(None)
+                continue
+            tu, ti = templates.user_map[train[0]], templates.item_map[train[1]]
+            keep = (tu >= 0) & (ti >= 0)
+            self.se_samplers.append(TripletSampler(torch.stack([tu[keep], ti[keep]]), templates.n_items,
+                                                   torch.arange(templates.n_items)).to(device))
+        self.tau = config.temperature((pair.domains[0].name, pair.domains[1].name))
+        self.overlap = pair.overlap.to(device)
+        self.weights = term_weights(config).to(device)
+
+    @property
+    def coupled(self) -> bool:
+        """L_CL is on and at least two overlapping users can be contrasted."""
+        return self.config.contrastive and len(self.overlap) > 1
+
+    def term_weights(self) -> torch.Tensor:
+        """eq-joint's factors of `losses.TERMS`."""
+        return self.weights
+
+    def used_terms(self) -> list[bool]:
+        """BPR always; SE for template models with beta > 0; L_CL when coupled; l2 when l2 > 0."""
+        c = self.config
+        se = [self.se_samplers[d] is not None and c.beta_se > 0 for d in range(2)]
+        return [True, True, *se, self.coupled, c.l2 > 0]
+
+    def auxiliary_terms(self) -> list[int]:
+        """L_CL, whose gradient the history compares with BPR + SE's."""
+        return [TERMS.index("cl")] if self.coupled else []
+
+    def draw(self, generator: torch.Generator) -> Draws:
+        """Edge-dropout masks, BPR and SE batches per domain, then the overlapping users for L_CL."""
+        c = self.config
+        keeps, bpr, se = [], [], []
+        for d, domain in enumerate(self.domains):
+            keeps.append(domain.dropout_masks(self.train_phases[d], c.dropout, generator))
+            bpr.append(self.bpr_samplers[d].draw(self.batch_sizes[d], generator))
+            sampler = self.se_samplers[d]
+            se.append(sampler.draw(self.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
+        cl_pick = None
+        if self.coupled:
+            cl_pick = torch.randperm(len(self.overlap), generator=generator, device=self.device)[: c.cl_users]
+        return Draws(keeps, bpr, se, cl_pick)
+
+    def loss_terms(self, draws: Draws, alpha: float | torch.Tensor) -> torch.Tensor:
+        """The unweighted terms of eq-joint (`losses.TERMS`) for one step's draws."""
+        c = self.config
+        inputs = []
+        for d, domain in enumerate(self.domains):
+            r_users, r_items = domain(self.train_phases[d], c.layers, alpha, c.dropout, draws.keeps[d])
+            templates = None if domain.templates is None else (domain.user_templates, domain.item_templates)
+            weight = None if domain.templates is None else domain.se_weight
+            se = draws.se[d]
+            inputs.append(LossInputs(
+                r_users, r_items, self.bpr_samplers[d].triples(draws.bpr[d]), templates, weight,
+                None if se is None else self.se_samplers[d].triples(se),  # type: ignore[union-attr]
+            ))
+        cl_users = None
+        if draws.cl_pick is not None:
+            chosen = self.overlap[draws.cl_pick]
+            cl_users = (gather(inputs[0].r_users, chosen[:, 0]), gather(inputs[1].r_users, chosen[:, 1]))
+        return loss_terms(c, self.tau, inputs, cl_users, lambda d, r: self.projectors[d](r))
+
+    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+        """r_u · r_i over the training phase."""
+        r_users, r_items = self.domains[d](self.train_phases[d], self.config.layers, alpha)
+        return r_users @ r_items.T
+
+    def prepare_inference(self, d: int, data: DomainData | None = None,
+                          features: ItemModalities | None = None) -> Phase:
+        """The phase over E_tr + E_new with every user and item visible (optionally for an extended domain: an item
+        added after the features were encoded gets a featureless row, so it has no modality neighbour)."""
+        data = data or self.pair.domains[d]
+        everyone_u = torch.ones(data.n_users, dtype=torch.bool)
+        everyone_i = torch.ones(data.n_items, dtype=torch.bool)
+        feats = features if features is not None else self.features[d]
+        if feats is not None and len(feats.text_mask) < data.n_items:
+            extra = data.n_items - len(feats.text_mask)
+            feats = ItemModalities(*(torch.cat([t, t.new_zeros(extra, *t.shape[1:])]) for t in (
+                feats.text, feats.text_mask, feats.image, feats.image_mask)))
+        phase = build_phase(data, data.edges_of("train", "new"), self.domains[d].templates, feats, self.config,
+                            everyone_u, everyone_i)
+        return phase.to(self.device)
+
+    def representations(self, d: int, alpha: float, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:
+        """r_u, r_i of every user and item of domain d over `phase`."""
+        return self.domains[d](phase, self.config.layers, alpha)
+
+    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
+        """r_u · r_i over E_tr + E_new."""
+        r_users, r_items = self.representations(d, alpha, prepared)
+        return r_users @ r_items.T
 
 
 def alpha_at(epoch: int) -> float:

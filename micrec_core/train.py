@@ -29,11 +29,11 @@ import torch
 from micrec_core.atomic import atomic_path
 from micrec_core.config import MAX_SEED, Config
 from micrec_core.dataset import PairData, dataset_sha256
-from micrec_core.losses import TERMS, LossInputs, gather, loss_terms, term_weights
 from micrec_core.metrics import ranking_metrics, topk_items
-from micrec_core.model import ItemModalities, MICRec, Phase, alpha_at, build_phase
+from micrec_core.model import ItemModalities, alpha_at
 from micrec_core.provenance import code_sha256
-from micrec_core.sampling import Triple, TripletSampler
+from micrec_core.recommender import Recommender
+from micrec_core.registry import model_class
 
 CHECKPOINT = "checkpoint.pt"
 GRAD_EVERY = 5  # epochs between two gradient-ratio records in the history
@@ -51,172 +51,60 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def item_modalities(dataset: Path, domain: str) -> ItemModalities:
-    """Load a domain's item features written by `micrec features`."""
-    from micrec_core.features import load_features  # the encoders' libraries load only for models that need them
-
-    feats = load_features(dataset, domain)
-    return ItemModalities(
-        torch.as_tensor(feats.text), torch.as_tensor(feats.text_mask),
-        torch.as_tensor(feats.image), torch.as_tensor(feats.image_mask),
-    )
-
-
-def ablate(feats: ItemModalities, config: Config) -> ItemModalities:
-    """Drop the modality an ablation removes (no-vis: images, no-txt: text) by clearing its mask."""
-    return ItemModalities(
-        feats.text, feats.text_mask & config.use_text, feats.image, feats.image_mask & config.use_image
-    )
-
-
 @dataclass
 class Setup:
-    """A model with the phases and samplers of one pair, ready to train or evaluate."""
+    """A model of one pair (`recommender.Recommender`) with its config and device, ready to train or evaluate."""
 
     config: Config
     pair: PairData
     device: torch.device
-    model: MICRec
-    train_phases: list[Phase]
-    bpr_samplers: list[TripletSampler]
-    se_samplers: list[TripletSampler | None]
-    batch_sizes: list[int]
-    tau: float
-    features: list[ItemModalities | None]
-    overlap: torch.Tensor
-    weights: torch.Tensor
+    model: Recommender
 
 
 def setup(pair: PairData, config: Config, features: list[ItemModalities] | None = None) -> Setup:
-    """Seed, build the model (templates from E_tr), the training phases and samplers.
+    """Seed, then build the registered model of `config.model` (its parameters, and what it precomputes from E_tr).
 
-    Item features are read from the dataset (`micrec features`) unless given; only MICRec's aggregation uses them.
-    A contrastive config on a pair with fewer than two overlapping users is refused rather than trained without
-    L_CL under its name.
+    Item features are read from the dataset (`micrec features`) unless given, by the models that use them.
     """
-    if config.contrastive and len(pair.overlap) < 2:
-        raise ValueError(
-            f"{pair.path}: the domains share {len(pair.overlap)} seen user(s), and the contrastive loss needs at least "
-            "2; train the no-cd ablation (--ablation no-cd) or --gamma-cl 0 to run without it"
-        )
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    model = MICRec(pair.domains, config)
-    if not config.aggregate:
-        features = [None, None]
-    else:
-        features = [ablate(f, config) for f in features or [item_modalities(pair.path, d.name) for d in pair.domains]]
-    phases, bprs, ses, sizes = [], [], [], []
-    for data, domain_model, feats in zip(pair.domains, model.domains, features, strict=True):
-        train = data.edges["train"]
-        templates = domain_model.templates
-        phases.append(
-            build_phase(data, train, templates, feats, config, data.user_seen, data.item_seen).to(device)
-        )
-        bprs.append(TripletSampler(train, data.n_items, torch.nonzero(data.item_seen).flatten()).to(device))
-        sizes.append(math.ceil(train.shape[1] / config.batches_per_epoch))
-        if templates is None:
-            ses.append(None)
-            continue
-        tu, ti = templates.user_map[train[0]], templates.item_map[train[1]]
-        keep = (tu >= 0) & (ti >= 0)
-        template_edges = torch.stack([tu[keep], ti[keep]])
-        ses.append(TripletSampler(template_edges, templates.n_items, torch.arange(templates.n_items)).to(device))
-    tau = config.temperature((pair.domains[0].name, pair.domains[1].name))
-    return Setup(
-        config, pair, device, model.to(device), phases, bprs, ses, sizes, tau, features, pair.overlap.to(device),
-        term_weights(config).to(device),
-    )
-
-
-@dataclass
-class Draws:
-    """The randomness of one optimizer step, drawn before any arithmetic so a batched run can replay it.
-
-    Per domain: edge-dropout masks and the raw draws of the BPR and SE batches (`TripletSampler.draw`); then the
-    positions in U_o of the overlapping users for L_CL.
-    """
-
-    keeps: list[tuple[torch.Tensor | None, torch.Tensor | None]]
-    bpr: list[Triple]
-    se: list[Triple | None]
-    cl_pick: torch.Tensor | None
-
-
-def has_contrastive(s: Setup) -> bool:
-    """Whether the run's steps include L_CL: it is on and at least two overlapping users can be contrasted."""
-    return s.config.contrastive and len(s.overlap) > 1
-
-
-def draw(s: Setup, generator: torch.Generator) -> Draws:
-    """Draw a step's randomness from the run's generator, always in the same order."""
-    c = s.config
-    keeps, bpr, se = [], [], []
-    for d, domain in enumerate(s.model.domains):
-        keeps.append(domain.dropout_masks(s.train_phases[d], c.dropout, generator))
-        bpr.append(s.bpr_samplers[d].draw(s.batch_sizes[d], generator))
-        sampler = s.se_samplers[d]
-        se.append(sampler.draw(s.batch_sizes[d], generator) if sampler is not None and c.beta_se > 0 else None)
-    cl_pick = None
-    if has_contrastive(s):
-        cl_pick = torch.randperm(len(s.overlap), generator=generator, device=s.device)[: c.cl_users]
-    return Draws(keeps, bpr, se, cl_pick)
-
-
-def step_terms(s: Setup, alpha: float | torch.Tensor, draws: Draws) -> torch.Tensor:
-    """The unweighted terms of eq-joint (`losses.TERMS`) for one step's draws, on the plain (one-run) path."""
-    c = s.config
-    inputs = []
-    for d, domain in enumerate(s.model.domains):
-        r_users, r_items = domain(s.train_phases[d], c.layers, alpha, c.dropout, draws.keeps[d])
-        templates = None if domain.templates is None else (domain.user_templates, domain.item_templates)
-        weight = None if domain.templates is None else domain.se_weight
-        se = draws.se[d]
-        inputs.append(LossInputs(
-            r_users, r_items, s.bpr_samplers[d].triples(draws.bpr[d]), templates, weight,
-            None if se is None else s.se_samplers[d].triples(se),  # type: ignore[union-attr]
-        ))
-    cl_users = None
-    if draws.cl_pick is not None:
-        chosen = s.overlap[draws.cl_pick]
-        cl_users = (gather(inputs[0].r_users, chosen[:, 0]), gather(inputs[1].r_users, chosen[:, 1]))
-    return loss_terms(c, s.tau, inputs, cl_users, lambda d, r: s.model.projectors[d](r))
+    model = model_class(config.model)(pair, config, device, features)
+    return Setup(config, pair, device, model.to(device))
 
 
 def train_step(s: Setup, alpha: float, generator: torch.Generator, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """One optimizer step on eq-joint; returns the step's detached terms (no host synchronisation)."""
-    terms = step_terms(s, alpha, draw(s, generator))
+    """One optimizer step on the model's loss; returns the step's detached terms (no host synchronisation)."""
+    terms = s.model.loss_terms(s.model.draw(generator), alpha)
     optimizer.zero_grad(set_to_none=True)
-    (terms @ s.weights).backward()
+    (terms @ s.model.term_weights()).backward()
     optimizer.step()
     return terms.detach()
 
 
-def shared_parameters(s: Setup) -> list[torch.Tensor]:
-    """The parameters both L_CL and BPR + SE reach: each domain's template embeddings and biases."""
-    return [p for name, p in s.model.named_parameters()
-            if name.startswith("domains.") and not name.endswith("se_weight")]
-
-
 def gradient_ratio(s: Setup, alpha: float, epoch: int) -> float | None:
-    """||grad of gamma L_CL|| / ||grad of (BPR + beta SE)|| on `shared_parameters`, from one batch drawn with a
-    generator of its own (seeded by the run's seed and the epoch: the run's own random stream is not touched).
-    None for a run without L_CL. Which term steers the shared parameters, for the history (every GRAD_EVERY)."""
-    if not has_contrastive(s):
+    """||grad of the auxiliary terms|| / ||grad of the others|| (weighted as in the loss; for MICRec gamma L_CL
+    against BPR + beta SE) on the parameters both reach, from one batch drawn with a generator of its own (seeded by
+    the run's seed and the epoch: the run's own random stream is not touched). None for a model without auxiliary
+    terms. Which term steers the shared parameters, for the history (every GRAD_EVERY epochs)."""
+    auxiliary = s.model.auxiliary_terms()
+    if not auxiliary:
         return None
     generator = torch.Generator(device=s.device)
     generator.manual_seed((s.config.seed * 1_000_003 + epoch) % MAX_SEED)
-    terms = step_terms(s, alpha, draw(s, generator)) * s.weights
-    cl_index = TERMS.index("cl")
-    params = shared_parameters(s)
-    ranking = torch.autograd.grad(terms.sum() - terms[cl_index], params, retain_graph=True, allow_unused=True)
-    contrastive = torch.autograd.grad(terms[cl_index], params, allow_unused=True)
+    terms = s.model.loss_terms(s.model.draw(generator), alpha) * s.model.term_weights()
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    side = terms[auxiliary].sum()
+    main = torch.autograd.grad(terms.sum() - side, params, retain_graph=True, allow_unused=True)
+    aux = torch.autograd.grad(side, params, allow_unused=True)
+    # reached by both: a term stacked with the others gives a parameter it does not reach an exact zero, not None
+    shared = [(m, a) for m, a in zip(main, aux, strict=True)
+              if m is not None and a is not None and bool(m.any()) and bool(a.any())]
 
-    def norm(grads: tuple[torch.Tensor | None, ...]) -> float:
-        return float(torch.stack([g.pow(2).sum() for g in grads if g is not None]).sum().sqrt())
+    def norm(grads: list[torch.Tensor]) -> float:
+        return float(torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt())
 
-    below = norm(ranking)
-    return norm(contrastive) / below if below > 0 else math.inf
+    below = norm([m for m, _ in shared])
+    return norm([a for _, a in shared]) / below if below > 0 else math.inf
 
 
 @torch.no_grad()
@@ -224,9 +112,8 @@ def validate(s: Setup, alpha: float) -> list[float]:
     """Validation NDCG@val_n per domain: seen users ranked over seen items, E_tr masked, targets E_val."""
     s.model.eval()
     scores_out = []
-    for d, (data, domain) in enumerate(zip(s.pair.domains, s.model.domains, strict=True)):
-        r_users, r_items = domain(s.train_phases[d], s.config.layers, alpha)
-        scores = r_users @ r_items.T
+    for d, data in enumerate(s.pair.domains):
+        scores = s.model.validation_scores(d, alpha)
         scores[:, ~data.item_seen.to(s.device)] = -torch.inf
         train = data.edges["train"].to(s.device)
         top = topk_items(scores, train[0], train[1], s.config.val_n, inplace=True)
@@ -242,10 +129,13 @@ def _groups(config: Config) -> list[list[int]]:
     return [[0, 1]] if config.best_epoch == "joint" else [[0], [1]]
 
 
-def _params_of(model: MICRec, group: list[int], coupled: bool) -> dict[str, torch.Tensor]:
-    """A copy of the parameters that belong to a stopping group."""
-    prefixes = tuple(f"domains.{d}." for d in group) + (("projectors.",) if coupled else ())
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+def _params_of(model: Recommender, group: list[int], coupled: bool) -> dict[str, torch.Tensor]:
+    """A copy of the parameters that belong to a stopping group: its domains' own, and (one group for both
+    domains) every parameter of no domain."""
+    own = tuple(model.domain_prefix(d) for d in group)
+    others = tuple(model.domain_prefix(d) for d in range(2) if d not in group)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if k.startswith(own) or (coupled and not k.startswith(others))}
 
 
 @dataclass
@@ -313,13 +203,11 @@ def start_run(
 
 
 def term_names(s: Setup) -> dict[int, str]:
-    """History keys of the `losses.TERMS` this run uses, by index: loss/bpr/<domain>, loss/se/<domain> (template
-    models with beta > 0), loss/cl (runs with L_CL), loss/l2 (l2 > 0)."""
-    names, c = [d.name for d in s.pair.domains], s.config
-    used = [True, True, *(s.se_samplers[d] is not None and c.beta_se > 0 for d in range(2)), has_contrastive(s),
-            c.l2 > 0]
-    keys = [f"loss/{t.split('/')[0]}/{names[int(t[-1])]}" if "/" in t else f"loss/{t}" for t in TERMS]
-    return {k: key for k, (key, on) in enumerate(zip(keys, used, strict=True)) if on}
+    """History keys of the model's loss terms this run uses, by index: loss/<term>/<domain> for a per-domain term
+    (e.g. loss/bpr/Beauty), loss/<term> otherwise (e.g. loss/cl)."""
+    names = [d.name for d in s.pair.domains]
+    keys = [f"loss/{t.split('/')[0]}/{names[int(t[-1])]}" if "/" in t else f"loss/{t}" for t in s.model.terms]
+    return {k: key for k, (key, on) in enumerate(zip(keys, s.model.used_terms(), strict=True)) if on}
 
 
 def divergence(history: list[dict[str, Any]], record: dict[str, Any], bounded: set[str]) -> str | None:
@@ -353,7 +241,7 @@ def end_epoch(
     """
     s, state, c = run.s, run.state, run.s.config
     means = torch.stack(terms).mean(0)
-    record: dict[str, Any] = {"epoch": state.epoch, "loss": float(means @ s.weights), "alpha": alpha}
+    record: dict[str, Any] = {"epoch": state.epoch, "loss": float(means @ s.model.term_weights()), "alpha": alpha}
     record |= {key: float(means[k]) for k, key in term_names(s).items()}
     state.train_seconds += time.perf_counter() - started
     run.failed = divergence(state.history, record, {"loss/cl"} if c.cl_normalize else set())

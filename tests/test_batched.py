@@ -88,7 +88,7 @@ def test_runs_validated_together_score_as_each_run_alone(tiny_pair: PairData, mo
     together = Together.of(runs)
     epoch_steps(together, alpha_at(0), 3)
     if block is not None:  # blocks of 1 and 2 runs' scores instead of all three at once
-        n_scores = max(p.n_users * p.n_items for p in setups[0].train_phases)
+        n_scores = max(p.n_users * p.n_items for p in setups[0].model.train_phases)
         monkeypatch.setattr("micrec_core.batched.SCORE_BLOCK", block * n_scores)
     batched = validate_together(together, alpha_at(3))
     alone = [validate(s, alpha_at(3)) for s in setups]
@@ -100,7 +100,7 @@ def test_runs_validated_together_score_as_each_run_alone(tiny_pair: PairData, mo
 
 def test_union_graph_holds_each_block_unchanged(tiny_pair: PairData) -> None:
     s = setup(tiny_pair, quick(), random_features(tiny_pair))
-    phases = s.train_phases
+    phases = s.model.train_phases
     union = union_phase(phases)
     assert union.n_users == sum(p.n_users for p in phases) and union.n_items == sum(p.n_items for p in phases)
     dense = union.adjacency.to_dense()

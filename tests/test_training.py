@@ -11,9 +11,10 @@ import torch
 
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, inference_phase, recommend_new
+from micrec_core.inference import evaluate_test, recommend_new
 from micrec_core.model import ItemModalities
-from micrec_core.train import CHECKPOINT, TripletSampler, domain_alphas, setup, train, train_step
+from micrec_core.sampling import TripletSampler
+from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, train_step
 from tests.conftest import random_features
 
 
@@ -181,16 +182,16 @@ def test_gradients_reach_exactly_the_right_parameters(
 
 def test_ablations_change_the_neighbours(tiny_pair: PairData) -> None:
     feats = random_features(tiny_pair)
-    full = setup(tiny_pair, quick(), feats).train_phases[0].item_neighbours
-    no_vis = setup(tiny_pair, quick(ablation="no-vis"), feats).train_phases[0].item_neighbours
-    no_mm = setup(tiny_pair, quick(ablation="no-mm"), feats).train_phases[0].item_neighbours
+    full = setup(tiny_pair, quick(), feats).model.train_phases[0].item_neighbours
+    no_vis = setup(tiny_pair, quick(ablation="no-vis"), feats).model.train_phases[0].item_neighbours
+    no_mm = setup(tiny_pair, quick(ablation="no-mm"), feats).model.train_phases[0].item_neighbours
     assert full is not None and no_vis is not None and no_mm is None
     assert not torch.equal(full[0], no_vis[0])
 
 
 def test_training_neighbours_are_seen_and_never_self(tiny_pair: PairData) -> None:
     s = setup(tiny_pair, quick(), random_features(tiny_pair))
-    for data, phase in zip(tiny_pair.domains, s.train_phases, strict=True):
+    for data, phase in zip(tiny_pair.domains, s.model.train_phases, strict=True):
         for (idx, valid), seen in ((phase.user_neighbours, data.user_seen), (phase.item_neighbours, data.item_seen)):
             rows = torch.arange(len(idx)).unsqueeze(1).expand_as(idx)
             assert seen[idx[valid]].all()
@@ -235,7 +236,7 @@ def test_cli_train_writes_metrics(tiny_dataset: Path, tmp_path: Path, monkeypatc
 
 def test_evaluation_over_prebuilt_inference_graphs_is_the_same(tiny_pair: PairData) -> None:
     s, state, test = run(tiny_pair, quick())
-    phases = [inference_phase(s, d) for d in range(2)]
+    phases = [s.model.prepare_inference(d) for d in range(2)]
     assert evaluate_test(s, domain_alphas(s, state), phases) == test
 
 
@@ -272,18 +273,18 @@ def test_the_gradient_ratio_leaves_the_run_s_random_stream_alone(tiny_pair: Pair
 
 
 def test_sum_reduction_weighs_l_cl_by_the_paper_not_by_the_batch_size(tiny_pair: PairData) -> None:
-    from micrec_core.train import draw, gradient_ratio, step_terms
+    from micrec_core.train import gradient_ratio
 
     feats = random_features(tiny_pair)
     terms, ratios = {}, {}
     for reduction in ("sum", "mean"):
         s = setup(tiny_pair, quick(loss_reduction=reduction), feats)
-        terms[reduction] = step_terms(s, 0.5, draw(s, torch.Generator().manual_seed(3)))
+        terms[reduction] = s.model.loss_terms(s.model.draw(torch.Generator().manual_seed(3)), 0.5)
         ratios[reduction] = gradient_ratio(s, 0.5, 0)
-    batch = torch.tensor(s.batch_sizes * 2, dtype=torch.float32)
+    batch = torch.tensor(s.model.batch_sizes * 2, dtype=torch.float32)
     torch.testing.assert_close(terms["sum"][:4], terms["mean"][:4] * batch)
     torch.testing.assert_close(terms["sum"][4], terms["mean"][4])  # L_CL is a mean over users either way
-    assert ratios["mean"] > min(s.batch_sizes) * ratios["sum"] / 2
+    assert ratios["mean"] > min(s.model.batch_sizes) * ratios["sum"] / 2
 
 
 def test_a_diverging_loss_stops_the_run_with_an_error_and_no_result(tiny_pair: PairData, tmp_path: Path) -> None:

@@ -1,0 +1,109 @@
+"""The model interface: what the trainer, the evaluation and the grid need from a recommender of a domain pair.
+
+A model is one module with one class deriving from `Recommender`, registered under its command-line name in
+`micrec_core.registry`. It owns its trainable parameters (per domain under `self.domains[d]`; anything shared by the
+two domains elsewhere) and whatever it precomputes from the training data (graphs, samplers, features). It gives:
+
+- `terms` and `term_weights()`: the names and factors of its loss terms (per-domain terms end in `/0` or `/1`);
+  the trainer minimises `loss_terms(...) @ term_weights()` and records each term in the history;
+- `draw(generator)` then `loss_terms(draws, alpha)`: one step's randomness, drawn first from the run's generator, and
+  the unweighted terms on it (`alpha` is the epoch's value of INMO's normalisation schedule, `model.alpha_at`,
+  which models without templates ignore);
+- `validation_scores(d, alpha)`: scores of every user for every item of domain d as seen in training (E_tr), for
+  model selection on E_val;
+- `prepare_inference(d, data, features)` then `inference_scores(d, alpha, prepared)`: after training, E_new arrives,
+  and the model scores every user, seen or not, for every item, seen or not, from E_tr + E_new without a gradient
+  step. How an unseen user or item is met is the model's to say (its module docstring says how).
+
+`coupled` says whether a loss term ties the two domains (then by default they share one best epoch). `union`
+says whether `micrec_core.batched` can train several runs of it as one model on a GPU; a model that does not opt in
+trains on the plain path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from micrec_core.config import Config
+from micrec_core.dataset import DomainData, PairData
+
+
+class Recommender(nn.Module):
+    """Base class of every registered model (see the module docstring for the contract)."""
+
+    terms: ClassVar[tuple[str, ...]] = ()
+    union: ClassVar[bool] = False
+    Params: ClassVar[type | None] = None
+    domains: nn.ModuleList
+
+    @classmethod
+    def resolve_params(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The model's hyperparameters (`Config.params`): `given` over the defaults of its `Params` dataclass,
+        unknown names and values outside their domain refused (the dataclass's __post_init__ checks)."""
+        if cls.Params is None:
+            if given:
+                raise ValueError(f"--param: this model has no parameters of its own, got {', '.join(given)}")
+            return {}
+        known = {f.name for f in dataclasses.fields(cls.Params)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"--param: unknown {', '.join(unknown)}; this model has {', '.join(sorted(known))}")
+        return dataclasses.asdict(cls.Params(**given))
+
+    @property
+    def params(self) -> Any:
+        """The config's model parameters as the model's `Params`."""
+        return self.Params(**self.config.params) if self.Params is not None else None
+
+    def __init__(self, pair: PairData, config: Config, device: torch.device,
+                 features: list[Any] | None = None) -> None:
+        """Build the model of `pair` for `config` on `device`; `features`: item features per domain when given
+        (else a model that needs them reads the dataset's, written by `micrec features`)."""
+        super().__init__()
+        self.pair, self.config, self.device = pair, config, device
+
+    @property
+    def coupled(self) -> bool:
+        """Whether a loss term ties the two domains' parameters."""
+        return False
+
+    def term_weights(self) -> torch.Tensor:
+        """The factor of each of `terms` in the loss (on the model's device)."""
+        raise NotImplementedError
+
+    def used_terms(self) -> list[bool]:
+        """Which of `terms` this run computes (a term it never computes is not recorded)."""
+        return [bool(w > 0) for w in self.term_weights()]
+
+    def auxiliary_terms(self) -> list[int]:
+        """Indices of the terms whose gradient the history compares with the others' (e.g. a contrastive term)."""
+        return []
+
+    def draw(self, generator: torch.Generator) -> Any:
+        """One optimizer step's randomness, from the run's generator, always in the same order."""
+        raise NotImplementedError
+
+    def loss_terms(self, draws: Any, alpha: float | torch.Tensor) -> torch.Tensor:
+        """The unweighted loss terms ([len(terms)]) of one step's draws."""
+        raise NotImplementedError
+
+    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+        """[U, I] scores of domain d from the training graph (E_tr only), for validation."""
+        raise NotImplementedError
+
+    def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Any:
+        """What scoring domain d over E_tr + E_new needs (built once, reused by `inference_scores`); `data` and
+        `features` replace the pair's domain and its item features (e.g. with a brand-new user added)."""
+        return data or self.pair.domains[d]
+
+    def inference_scores(self, d: int, alpha: float, prepared: Any) -> torch.Tensor:
+        """[U, I] scores of every user for every item of domain d after E_new arrived, without retraining."""
+        raise NotImplementedError
+
+    def domain_prefix(self, d: int) -> str:
+        """The state_dict prefix of domain d's own parameters (what a per-domain best epoch keeps)."""
+        return f"domains.{d}."

@@ -1,0 +1,30 @@
+"""Every model by its command-line name (`micrec train --model NAME`, `micrec grid --variants`).
+
+A new model is one module defining a `recommender.Recommender`, one line here, and one test file. The classes are
+imported only when asked for, so that `config` can check a name without importing every model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the classes are imported when asked for, so config can read the names without a cycle
+    from micrec_core.recommender import Recommender
+
+# name -> "module:Class". MICRec, INMO and LightGCN share one class: MICRec is INMO's template backbone plus
+# modality aggregation and the contrastive loss, and LightGCN is that backbone with id embeddings instead of
+# templates, so the config (model, ablation) switches the parts on and off and the three share the GPU union path.
+REGISTRY: dict[str, str] = {
+    "micrec": "micrec_core.model:MICRecFamily",
+    "inmo": "micrec_core.model:MICRecFamily",
+    "lightgcn": "micrec_core.model:MICRecFamily",
+}
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The class registered under `name`."""
+    if name not in REGISTRY:
+        raise ValueError(f"--model must be one of {', '.join(REGISTRY)}, got {name!r}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
