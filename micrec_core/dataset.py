@@ -11,6 +11,9 @@ interactions, repeated until stable. Then, seeded: each user's interactions are 
 - E_test = all test interactions.
 
 The overlapping users U_o of a pair are the users seen in both domains (the anchors of the contrastive loss).
+
+Ratings: where some interactions of a domain have a rating and others none, the rating filter drops the rated ones
+below `min_rating` and keeps the unrated ones (the manifest counts them); it is skipped only where none has one.
 """
 
 from __future__ import annotations
@@ -74,13 +77,20 @@ def filter_domain(
     warnings: list[str] = []
     frame = reviews.drop_duplicates(["user_id", "item_id"], keep="first")
     steps.append({"step": "deduplicate (user, item)", **_counts(frame)})
-    if frame["rating"].notna().all() and len(frame):
-        frame = frame[frame["rating"] >= params.min_rating]
+    rated = frame["rating"].notna()
+    unrated = int((~rated).sum())
+    if rated.any():
+        frame = frame[~rated | (frame["rating"] >= params.min_rating)]
         steps.append({"step": f"rating >= {params.min_rating:g}", **_counts(frame)})
+        if unrated:
+            steps[-1]["unrated_kept"] = unrated
+            warnings.append(
+                f"{domain}: {unrated} of {len(rated)} interactions have no rating; they are kept, the rating >= "
+                f"{params.min_rating:g} filter applies to the others"
+            )
     else:
-        missing = int(frame["rating"].isna().sum())
         warnings.append(
-            f"{domain}: rating >= {params.min_rating:g} filter skipped: {missing} of {len(frame)} "
+            f"{domain}: rating >= {params.min_rating:g} filter skipped: {unrated} of {len(frame)} "
             "interactions have no rating"
         )
     _require_nonempty(frame, domain, steps[-1]["step"])

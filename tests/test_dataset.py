@@ -52,6 +52,20 @@ def test_missing_ratings_skip_filter_with_warning() -> None:
     assert len(frame) > 0
 
 
+def test_partial_ratings_filter_the_rated_rows_and_keep_the_others() -> None:
+    reviews = random_reviews(6, n=8000)
+    reviews.loc[reviews.index % 3 == 0, "rating"] = np.nan
+    frame, steps, warnings = filter_domain(reviews, "D", SplitParams(min_count=0))
+    deduplicated = reviews.drop_duplicates(["user_id", "item_id"])
+    unrated = int(deduplicated["rating"].isna().sum())
+    assert unrated > 0 and (deduplicated["rating"] < 4).any()
+    assert len(frame) == unrated + (deduplicated["rating"] >= 4).sum()
+    assert frame["rating"].isna().sum() == unrated and (frame["rating"].dropna() >= 4).all()
+    rating_step = next(step for step in steps if step["step"].startswith("rating"))
+    assert rating_step["unrated_kept"] == unrated and rating_step["interactions"] == len(frame)
+    assert len(warnings) == 1 and f"{unrated} of {len(deduplicated)} interactions have no rating" in warnings[0]
+
+
 def test_empty_domain_names_domain_and_step() -> None:
     with pytest.raises(EmptyDomainError, match=r"'Kitchen'.*more than 50 interactions"):
         filter_domain(random_reviews(2, n=500), "Kitchen", SplitParams(min_count=50))
