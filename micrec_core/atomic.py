@@ -6,9 +6,10 @@ the final name; the folder is fsynced after the rename. A folder is built the sa
 ``.{name}.{pid}-{random}.tmpdir`` beside it, and swapped in as a whole (:func:`atomic_folder`).
 
 Leftovers of a killed process are removed the next time a process writes into the same folder: the first atomic
-write into a folder in a process sweeps that folder once, deleting the temporary files and folders whose process is
-gone (its pid no longer runs on this machine) and those of the older pid-less naming (``mkstemp``'s 8 random
-characters) that are more than a day old. A temporary of a live process, this one included, is never touched.
+file write into a folder in a process, and every atomic folder write, sweeps that folder, deleting the temporary files
+and folders whose process is gone (its pid no longer runs on this machine) and those of the older pid-less naming
+(``mkstemp``'s 8 random characters) that are more than a day old. A temporary of a live process, this one included,
+is never touched. (Once per process for files: a folder of many files, such as downloaded images, is listed once.)
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_once(final.parent)
+    sweep_stale(final.parent)
     tmp = _temp_name(final, "tmpdir")
     tmp.mkdir(mode=0o777)
     try:
