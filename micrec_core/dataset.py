@@ -349,10 +349,11 @@ def _build(
         "warnings": [],
         "filter_steps": {},
         "read_reports": {},
+        "coverage": {},
         "images": {},
     }
     splits: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
-    metas: dict[str, pd.DataFrame | None] = {}
+    metas: dict[str, tuple[Path | None, pd.DataFrame | None]] = {}
     for domain in pair:
         reviews_path = find_file(raw, domain, release, "reviews")
         if reviews_path is None:
@@ -364,7 +365,7 @@ def _build(
             manifest["warnings"].append(f"{domain}: no metadata file found; items have no text")
         filtered, steps, warnings = filter_domain(reviews, domain, params)
         splits[domain] = inductive_split(filtered, domain, params)
-        metas[domain] = meta
+        metas[domain] = (meta_path, meta)
         manifest["warnings"] += warnings
         manifest["filter_steps"][domain] = steps
         manifest["sources"][domain] = {
@@ -377,7 +378,7 @@ def _build(
         tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
         for domain, (interactions, users, items) in splits.items():
             images = _link_images(items["item_id"], image_dir(raw, domain), tmp, domain)
-            items = attach_metadata(items, metas[domain], images)
+            items = attach_metadata(items, metas[domain][1], images)
             tables[domain] = (interactions, users, items)
             for name, frame in zip(TABLES, tables[domain], strict=True):
                 _write_parquet(frame, tmp / domain / name)
@@ -389,6 +390,15 @@ def _build(
             "overlap_users": len(seen_users[0] & seen_users[1]),
         }
         manifest["overlap_users_present_in_both"] = len(present_users[0] & present_users[1])
+        for domain in pair:
+            block = stats["domains"][domain]
+            manifest["coverage"][domain] = {"text": block["text_coverage"], "image": block["image_coverage"]}
+            meta_path = metas[domain][0]
+            if meta_path is not None and block["text_coverage"] == 0:
+                manifest["warnings"].append(
+                    f"{domain}: no item has usable text (title, description, categories or brand) in "
+                    f"{meta_path.name}; the text modality of this domain is empty"
+                )
         manifest["outputs"] = {f"{d}/{name}": sha256_file(tmp / d / name) for d in pair for name in TABLES}
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "manifest.json", manifest)

@@ -329,6 +329,19 @@ def test_vanished_images_are_detected_and_rebuilt(tmp_path: Path, caplog: pytest
     assert "image files vanished" in caplog.text and build_problems(out) == [] and images[0].is_file()
 
 
+def test_metadata_without_usable_text_is_recorded_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = make_raw(tmp_path)
+    lines = gzip.decompress((raw / "B" / "reviews_B_5.json.gz").read_bytes()).decode().splitlines()
+    items = sorted({json.loads(line)["asin"] for line in lines})
+    (raw / "B" / "meta_B.json").write_text("".join(repr({"asin": i, "imUrl": "http://x/y.jpg"}) + "\n" for i in items))
+    with caplog.at_level(logging.WARNING, logger="micrec.dataset"):
+        build_dataset(raw, ("A", "B"), tmp_path / "built", params=PARAMS)
+    manifest = json.loads((tmp_path / "built" / "manifest.json").read_text())
+    assert manifest["coverage"]["B"]["text"] == 0 and manifest["coverage"]["A"]["text"] > 0
+    message = "B: no item has usable text (title, description, categories or brand) in meta_B.json"
+    assert any(w.startswith(message) for w in manifest["warnings"]) and message in caplog.text
+
+
 def test_empty_reviews_file_is_named_not_a_filter_step(tmp_path: Path) -> None:
     raw = make_raw(tmp_path)
     (raw / "A" / "reviews_A_5.json.gz").write_bytes(gzip.compress(b""))
