@@ -470,12 +470,15 @@ class PairData:
 
 
 def load_domain(dataset: Path, domain: str) -> DomainData:
-    """Load one domain's parquet tables into index tensors."""
+    """Load one domain's parquet tables into index tensors; the items' image paths, stored relative to the build,
+    are made absolute (under `dataset`) so that they open from any working directory."""
     folder = Path(dataset) / domain
     if not (folder / "interactions.parquet").is_file():
         raise FileNotFoundError(f"{folder / 'interactions.parquet'} not found: run `micrec data build` first")
     users = pd.read_parquet(folder / "users.parquet")
     items = pd.read_parquet(folder / "items.parquet")
+    root = Path(dataset).resolve()
+    items["image_path"] = items["image_path"].map(lambda path: str(root / path), na_action="ignore").astype("string")
     interactions = pd.read_parquet(folder / "interactions.parquet")
     user_index = pd.Series(np.arange(len(users)), index=users["user_id"])
     item_index = pd.Series(np.arange(len(items)), index=items["item_id"])

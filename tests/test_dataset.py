@@ -28,6 +28,7 @@ from micrec_core.dataset import (
     ensure_built,
     filter_domain,
     inductive_split,
+    load_pair,
 )
 from micrec_core.features import _image_content
 
@@ -220,6 +221,9 @@ def test_identity_does_not_depend_on_where_the_raw_files_lie(tmp_path: Path) -> 
             assert _image_content(path, tmp_path / "x1")[1] == "ok"  # where `micrec features` looks
     stats = json.loads((tmp_path / "x1" / "stats.json").read_text())
     assert stats["domains"]["A"]["image_coverage"] == len(paths) / len(items)
+    loaded = load_pair(tmp_path / "x1").domains[0].items["image_path"]  # what the chapters open, from notebooks/
+    assert loaded.notna().sum() == len(paths)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in loaded.dropna())
 
 
 def test_a_failed_build_leaves_the_previous_build_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
