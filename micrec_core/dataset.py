@@ -11,6 +11,23 @@ interactions, repeated until stable. Then, seeded: each user's interactions are 
 - E_test = all test interactions.
 
 The overlapping users U_o of a pair are the users seen in both domains (the anchors of the contrastive loss).
+
+Ratings: where some interactions of a domain have a rating and others none, the rating filter drops the rated ones
+below `min_rating` and keeps the unrated ones (the manifest counts them); it is skipped only where none has one.
+
+Build folder. A build is written into a temporary folder beside `out` and swapped in whole
+(:func:`micrec_core.atomic.atomic_folder`), under a lock beside `out`, so builds into one folder run one after the
+other and a killed build leaves the previous build (or nothing), never a mix. `out` must be new, empty or a build;
+a rebuild keeps what `micrec features` wrote there (hard links of its cache and per-domain features, which check
+themselves against the new tables). The manifest records the sha256 of every table; :func:`ensure_built` reuses a
+build only when its inputs match and :func:`build_problems` finds every table and image as built.
+
+Identity. `dataset_sha256` hashes the tables only, and they hold no path outside the build: an item's image is
+hard-linked (copied where the file system refuses a link) from RAW/<domain>/images/ into OUT/<domain>/images/, and
+items.parquet stores its path relative to OUT ("<domain>/images/<file>"), so the same raw files give the same
+dataset wherever they and the build lie, and a build moved or copied elsewhere keeps its images. The image files
+themselves are not hashed into the identity (features hash each image's bytes); the manifest records their count,
+size and a digest of their names and sizes, which :func:`build_problems` checks.
 """
 
 from __future__ import annotations
@@ -19,8 +36,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +50,23 @@ import torch
 
 from micrec_core import __version__
 from micrec_core.amazon import find_file, image_dir, read_meta, read_reviews
-from micrec_core.atomic import atomic_path, sha256_file, write_json
+from micrec_core.atomic import (
+    atomic_folder,
+    atomic_path,
+    folder_lock,
+    fsync_path,
+    is_temp_name,
+    sha256_file,
+    write_json,
+)
 from micrec_core.synth import DOMAINS, synthesize
 
 log = logging.getLogger("micrec.dataset")
 SPLITS = ("train", "new", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+TEXT_COLUMNS = ["title", "description", "categories", "brand"]
+TABLES = ("interactions.parquet", "users.parquet", "items.parquet")
+BUILD_FORMAT = 2  # 2: image paths relative to the build, images linked into it
 
 
 class EmptyDomainError(ValueError):
@@ -74,13 +104,20 @@ def filter_domain(
     warnings: list[str] = []
     frame = reviews.drop_duplicates(["user_id", "item_id"], keep="first")
     steps.append({"step": "deduplicate (user, item)", **_counts(frame)})
-    if frame["rating"].notna().all() and len(frame):
-        frame = frame[frame["rating"] >= params.min_rating]
+    rated = frame["rating"].notna()
+    unrated = int((~rated).sum())
+    if rated.any():
+        frame = frame[~rated | (frame["rating"] >= params.min_rating)]
         steps.append({"step": f"rating >= {params.min_rating:g}", **_counts(frame)})
+        if unrated:
+            steps[-1]["unrated_kept"] = unrated
+            warnings.append(
+                f"{domain}: {unrated} of {len(rated)} interactions have no rating; they are kept, the rating >= "
+                f"{params.min_rating:g} filter applies to the others"
+            )
     else:
-        missing = int(frame["rating"].isna().sum())
         warnings.append(
-            f"{domain}: rating >= {params.min_rating:g} filter skipped: {missing} of {len(frame)} "
+            f"{domain}: rating >= {params.min_rating:g} filter skipped: {unrated} of {len(frame)} "
             "interactions have no rating"
         )
     _require_nonempty(frame, domain, steps[-1]["step"])
@@ -149,27 +186,56 @@ def inductive_split(
     return interactions, user_frame, item_frame
 
 
-def _find_image(folder: Path, item: str) -> str | None:
-    """Absolute path of an item's local image file, if one exists."""
+def _find_image(folder: Path, item: str) -> Path | None:
+    """An item's local (non-empty) image file in `folder`, if one exists."""
     for suffix in IMAGE_SUFFIXES:
         path = folder / f"{item}{suffix}"
         if path.is_file() and path.stat().st_size > 0:
-            return str(path.resolve())
+            return path
     return None
 
 
-def attach_metadata(items: pd.DataFrame, meta: pd.DataFrame | None, images: Path) -> pd.DataFrame:
-    """Join titles and other text fields from the metadata, and local image paths, onto the item table."""
-    columns = ["title", "description", "categories", "brand"]
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` at `target`, or copy it (flushed to disk) where the file system refuses a link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        fsync_path(target)
+
+
+def _link_images(item_ids: Iterable[str], source: Path, root: Path, domain: str) -> dict[str, str]:
+    """Link (or copy) each item's local image from `source` into root/<domain>/images/; returns {item: the path
+    relative to `root` that items.parquet stores}."""
+    found = {item: path for item in item_ids if (path := _find_image(source, item))} if source.is_dir() else {}
+    folder = root / domain / "images"
+    if found:
+        folder.mkdir(parents=True)
+    for path in found.values():
+        _link_or_copy(path, folder / path.name)
+    return {item: f"{domain}/images/{path.name}" for item, path in found.items()}
+
+
+def _image_listing(folder: Path) -> dict[str, Any]:
+    """Count, total bytes and a digest of the names and sizes of the files in an images folder (cheap to check)."""
+    digest, total, count = hashlib.sha256(), 0, 0
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}\n".encode())
+        total, count = total + size, count + 1
+    return {"files": count, "bytes": total, "names_sizes_sha256": digest.hexdigest()}
+
+
+def attach_metadata(items: pd.DataFrame, meta: pd.DataFrame | None, images: dict[str, str]) -> pd.DataFrame:
+    """Join titles and other text fields from the metadata, and the items' image paths, onto the item table."""
     if meta is None:
-        joined = items.assign(**{c: pd.Series([None] * len(items), dtype="string") for c in columns})
+        joined = items.assign(**{c: pd.Series([None] * len(items), dtype="string") for c in TEXT_COLUMNS})
     else:
-        joined = items.merge(meta[["item_id", *columns]], on="item_id", how="left")
-        for column in columns:
+        joined = items.merge(meta[["item_id", *TEXT_COLUMNS]], on="item_id", how="left")
+        for column in TEXT_COLUMNS:
             joined[column] = joined[column].astype("string")
-    paths = [_find_image(images, item) for item in joined["item_id"]] if images.is_dir() else [None] * len(joined)
-    joined["image_path"] = pd.Series(paths, dtype="string")
-    return joined[["item_id", "seen", *columns, "image_path"]]
+    joined["image_path"] = pd.Series([images.get(item) for item in joined["item_id"]], dtype="string")
+    return joined[["item_id", "seen", *TEXT_COLUMNS, "image_path"]]
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -208,10 +274,48 @@ def domain_stats(interactions: pd.DataFrame, users: pd.DataFrame, items: pd.Data
         "E_new": int(counts.get("new", 0)),
         "E_val": int(counts.get("val", 0)),
         "E_test": int(counts.get("test", 0)),
-        "text_coverage": float(items[["title", "description", "categories", "brand"]].notna().any(axis=1).sum())
-        / n,
+        "text_coverage": float(items[TEXT_COLUMNS].notna().any(axis=1).sum()) / n,
         "image_coverage": float(items["image_path"].notna().sum()) / n,
     }
+
+
+def _check_pair(pair: tuple[str, ...]) -> None:
+    """A pair is two different domain names."""
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"--pair needs two different domains, got {','.join(pair)!r}")
+
+
+def _unexpected(out: Path, path: Path) -> ValueError:
+    """The error for a path that a build folder should not hold."""
+    return ValueError(f"--out {out} holds {path}, which is not part of a dataset built by micrec; "
+                      "choose an empty or new folder")
+
+
+def _expected_layout(out: Path) -> None:
+    """Refuse to build into a folder holding anything other than a build (and what `micrec features` adds)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    for entry in sorted(out.iterdir()):
+        if is_temp_name(entry.name) or (entry.is_file() and entry.name in ("manifest.json", "stats.json")) or (
+            entry.is_dir() and entry.name == "cache"
+        ):
+            continue
+        if not entry.is_dir():
+            raise _unexpected(out, entry)
+        for path in sorted(entry.iterdir()):
+            if not (is_temp_name(path.name) or (path.is_file() and path.name in TABLES)
+                    or (path.is_dir() and path.name in ("images", "features"))):
+                raise _unexpected(out, path)
+
+
+def _keep_features(old: Path, new: Path, domains: Iterable[str]) -> None:
+    """Hard-link what `micrec features` wrote into the old build (its cache, keyed by content, and each domain's
+    features, which `load_features` checks against the new items.parquet) into the new one."""
+    for part in ["cache", *(f"{domain}/features" for domain in domains)]:
+        if (old / part).is_dir():
+            shutil.copytree(old / part, new / part, copy_function=os.link)
 
 
 def build_dataset(
@@ -222,12 +326,20 @@ def build_dataset(
     params: SplitParams | None = None,
     skip_bad_lines: bool = False,
 ) -> dict[str, Any]:
-    """Build a cross-domain inductive dataset for a pair of categories; returns stats.json's content."""
-    params = params or SplitParams()
-    raw, out = Path(raw), Path(out)
-    if len(pair) != 2 or pair[0] == pair[1]:
-        raise ValueError(f"--pair needs two different domains, got {','.join(pair)!r}")
+    """Build a cross-domain inductive dataset for a pair of categories into `out` (atomically, one build at a time);
+    returns stats.json's content."""
+    _check_pair(pair)
+    with folder_lock(out):
+        return _build(Path(raw), pair, Path(out), release, params or SplitParams(), skip_bad_lines)
+
+
+def _build(
+    raw: Path, pair: tuple[str, str], out: Path, release: str, params: SplitParams, skip_bad_lines: bool
+) -> dict[str, Any]:
+    """build_dataset's work, with the lock on `out` held."""
+    _expected_layout(out)
     manifest: dict[str, Any] = {
+        "format": BUILD_FORMAT,
         "raw": str(raw.resolve()),
         "release": release,
         "pair": list(pair),
@@ -237,8 +349,11 @@ def build_dataset(
         "warnings": [],
         "filter_steps": {},
         "read_reports": {},
+        "coverage": {},
+        "images": {},
     }
-    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
+    splits: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
+    metas: dict[str, tuple[Path | None, pd.DataFrame | None]] = {}
     for domain in pair:
         reviews_path = find_file(raw, domain, release, "reviews")
         if reviews_path is None:
@@ -249,9 +364,8 @@ def build_dataset(
         if meta_path is None:
             manifest["warnings"].append(f"{domain}: no metadata file found; items have no text")
         filtered, steps, warnings = filter_domain(reviews, domain, params)
-        interactions, users, items = inductive_split(filtered, domain, params)
-        items = attach_metadata(items, meta, image_dir(raw, domain))
-        tables[domain] = (interactions, users, items)
+        splits[domain] = inductive_split(filtered, domain, params)
+        metas[domain] = (meta_path, meta)
         manifest["warnings"] += warnings
         manifest["filter_steps"][domain] = steps
         manifest["sources"][domain] = {
@@ -260,27 +374,62 @@ def build_dataset(
         manifest["read_reports"][domain] = [asdict(r) for r in (review_report, meta_report) if r is not None]
         for report in manifest["read_reports"][domain]:
             report["path"] = Path(report["path"]).name
-    seen_users = [set(u.loc[u["seen"], "user_id"]) for _, u, _ in tables.values()]
-    present_users = [set(u["user_id"]) for _, u, _ in tables.values()]
-    stats = {
-        "domains": {d: domain_stats(*tables[d]) for d in pair},
-        "overlap_users": len(seen_users[0] & seen_users[1]),
-    }
-    manifest["overlap_users_present_in_both"] = len(present_users[0] & present_users[1])
-    for domain, (interactions, users, items) in tables.items():
-        _write_parquet(interactions, out / domain / "interactions.parquet")
-        _write_parquet(users, out / domain / "users.parquet")
-        _write_parquet(items, out / domain / "items.parquet")
-    manifest["outputs"] = {
-        f"{d}/{name}": sha256_file(out / d / name)
-        for d in pair
-        for name in ("interactions.parquet", "users.parquet", "items.parquet")
-    }
-    write_json(out / "stats.json", stats)
-    write_json(out / "manifest.json", manifest)
+    with atomic_folder(out) as tmp:
+        tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
+        for domain, (interactions, users, items) in splits.items():
+            images = _link_images(items["item_id"], image_dir(raw, domain), tmp, domain)
+            items = attach_metadata(items, metas[domain][1], images)
+            tables[domain] = (interactions, users, items)
+            for name, frame in zip(TABLES, tables[domain], strict=True):
+                _write_parquet(frame, tmp / domain / name)
+            manifest["images"][domain] = _image_listing(tmp / domain / "images")
+        seen_users = [set(u.loc[u["seen"], "user_id"]) for _, u, _ in tables.values()]
+        present_users = [set(u["user_id"]) for _, u, _ in tables.values()]
+        stats = {
+            "domains": {d: domain_stats(*tables[d]) for d in pair},
+            "overlap_users": len(seen_users[0] & seen_users[1]),
+        }
+        manifest["overlap_users_present_in_both"] = len(present_users[0] & present_users[1])
+        for domain in pair:
+            block = stats["domains"][domain]
+            manifest["coverage"][domain] = {"text": block["text_coverage"], "image": block["image_coverage"]}
+            meta_path = metas[domain][0]
+            if meta_path is not None and block["text_coverage"] == 0:
+                manifest["warnings"].append(
+                    f"{domain}: no item has usable text (title, description, categories or brand) in "
+                    f"{meta_path.name}; the text modality of this domain is empty"
+                )
+        manifest["outputs"] = {f"{d}/{name}": sha256_file(tmp / d / name) for d in pair for name in TABLES}
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / "manifest.json", manifest)
+        _keep_features(out, tmp, pair)
     for warning in manifest["warnings"]:
         log.warning(warning)
     return stats
+
+
+def build_problems(dataset: Path) -> list[str]:
+    """What differs in a built dataset from its manifest: tables missing or not matching their recorded sha256,
+    image files vanished or changed in size since the build. Empty when the build is intact."""
+    dataset = Path(dataset)
+    try:
+        manifest = json.loads((dataset / "manifest.json").read_text())
+        outputs, images = dict(manifest["outputs"]), dict(manifest.get("images", {}))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"{dataset / 'manifest.json'} is missing or unreadable ({type(err).__name__}: {err})"]
+    problems = []
+    for name, digest in sorted(outputs.items()):
+        path = dataset / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{path} does not match the sha256 its manifest records (changed or corrupt)")
+    for domain, built in sorted(images.items()):
+        now = _image_listing(dataset / domain / "images")
+        if now != built:
+            problems.append(f"{dataset / domain / 'images'}: image files vanished or changed since the build "
+                            f"({now['files']} of {built['files']} files, {now['bytes']} of {built['bytes']} bytes)")
+    return problems
 
 
 @dataclass
@@ -321,12 +470,15 @@ class PairData:
 
 
 def load_domain(dataset: Path, domain: str) -> DomainData:
-    """Load one domain's parquet tables into index tensors."""
+    """Load one domain's parquet tables into index tensors; the items' image paths, stored relative to the build,
+    are made absolute (under `dataset`) so that they open from any working directory."""
     folder = Path(dataset) / domain
     if not (folder / "interactions.parquet").is_file():
         raise FileNotFoundError(f"{folder / 'interactions.parquet'} not found: run `micrec data build` first")
     users = pd.read_parquet(folder / "users.parquet")
     items = pd.read_parquet(folder / "items.parquet")
+    root = Path(dataset).resolve()
+    items["image_path"] = items["image_path"].map(lambda path: str(root / path), na_action="ignore").astype("string")
     interactions = pd.read_parquet(folder / "interactions.parquet")
     user_index = pd.Series(np.arange(len(users)), index=users["user_id"])
     item_index = pd.Series(np.arange(len(items)), index=items["item_id"])
@@ -367,29 +519,47 @@ def dataset_sha256(dataset: Path) -> str:
     return digest.hexdigest()
 
 
+def _reusable(out: Path, raw: Path, pair: tuple[str, str], release: str, params: SplitParams) -> bool:
+    """Whether `out` holds an intact build of these inputs (a damaged one is logged as a warning)."""
+    path = out / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as err:
+        log.warning("rebuilding %s: %s is unreadable (%s)", out, path, err)
+        return False
+    wanted = {"format": BUILD_FORMAT, "raw": str(raw.resolve()), "pair": list(pair), "release": release,
+              "params": asdict(params)}
+    if not isinstance(saved, dict) or {key: saved.get(key) for key in wanted} != wanted:
+        log.info("%s holds a build of other inputs or of an older layout; rebuilding it", out)
+        return False
+    problems = build_problems(out)
+    for problem in problems:
+        log.warning("rebuilding %s: %s", out, problem)
+    return not problems
+
+
 def ensure_built(
     out: Path, raw: Path | None = None, pair: tuple[str, str] | None = None, release: str = "2014",
     params: SplitParams | None = None,
 ) -> Path:
     """Build `out` unless it already holds this build; with no `raw`, synthesise the default data beside it.
 
-    A build is reused only when its manifest records the same raw folder, pair, release and parameters.
+    A build is reused only when its manifest records the same raw folder, pair, release, parameters and layout, and
+    its tables and images are as the manifest records them (:func:`build_problems`); otherwise it is rebuilt.
     """
     out, params = Path(out), params or SplitParams()
-    if raw is None:
-        raw = out.parent / f"{out.name}_raw"
-        if not (raw / "SYNTHETIC.json").is_file():
-            synthesize(raw, seed=0)
-        pair = pair or (DOMAINS[0].name, DOMAINS[1].name)
-    if pair is None:
-        raise ValueError("pair is required when raw is given")
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        saved = json.loads(manifest.read_text())
-        same = (saved["raw"], saved["pair"], saved["release"], saved["params"]) == (
-            str(Path(raw).resolve()), list(pair), release, asdict(params)
-        )
-        if same:
-            return out
-    build_dataset(Path(raw), pair, out, release, params)
+    with folder_lock(out):
+        if raw is None:
+            raw = out.parent / f"{out.name}_raw"
+            if not (raw / "SYNTHETIC.json").is_file():
+                synthesize(raw, seed=0)
+            pair = pair or (DOMAINS[0].name, DOMAINS[1].name)
+        if pair is None:
+            raise ValueError("pair is required when raw is given")
+        _check_pair(pair)
+        raw = Path(raw)
+        if not _reusable(out, raw, pair, release, params):
+            _build(raw, pair, out, release, params, skip_bad_lines=False)
     return out

@@ -2,8 +2,8 @@
 
 Files land in ``out/<category>/<filename>``, the layout the readers expect. A file is streamed into
 ``<filename>.part`` (resumed with an HTTP Range request when a partial one exists), checked against the
-size the server announced, and only then renamed onto its final name, so a final name always holds a
-complete file and an existing one is skipped. Images are fetched by a bounded thread pool; dead URLs are
+size the server announced, flushed to disk and only then renamed onto its final name, so a final name always
+holds a complete file and an existing one is skipped. Images are fetched by a bounded thread pool; dead URLs are
 recorded in ``images/failures.json`` and never stop the run.
 """
 
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from micrec_core.atomic import write_bytes, write_json
+from micrec_core.atomic import fsync_path, write_bytes, write_json
 
 USER_AGENT = "micrec-download/0.1 (research reproduction)"
 
@@ -217,7 +217,9 @@ def download_file(url: str, dest: Path, timeout: float = 60.0, chunk: int = 1 <<
             f"{url}: size mismatch: server announced {expected} bytes (Content-Length), "
             f"received {received}; partial file kept at {part} for resume"
         )
+    fsync_path(part)
     os.replace(part, dest)
+    fsync_path(dest.parent)
     return dest
 
 

@@ -1,17 +1,23 @@
 """Rerun the book for one domain pair: execute the ordered notebooks with papermill into runs/<pair>/.
 
 Each executed notebook is written atomically next to a small JSON record of the parameters it ran with; a rerun
-with the same parameters skips notebooks already executed, so a killed reproduction resumes where it stopped.
+with the same parameters skips notebooks already executed, so a killed reproduction resumes where it stopped. The
+parameters (raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel
+starts. A chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb
+beside where the executed chapter would be (removed once the chapter succeeds), and the error names that file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from micrec_core.amazon import check_release, find_file
 from micrec_core.atomic import atomic_path, write_json
+from micrec_core.synth import DOMAINS
 
 log = logging.getLogger("micrec.reproduce")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -24,6 +30,42 @@ def pair_name(raw: Path | None, pair: tuple[str, str] | None) -> str:
     if pair is None:
         raise ValueError("--pair is required with --raw")
     return f"{pair[0]}_{pair[1]}"
+
+
+def _count(value: Any, option: str) -> None:
+    """A count option is a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be a whole number of at least 1, got {value!r}")
+
+
+def check_parameters(
+    raw: Path | None, release: str, pair: tuple[str, str] | None, seeds: int, device: str, out: Path, data: Path,
+    max_epochs: int | None = None,
+) -> None:
+    """Refuse parameters no chapter could run with, naming the option."""
+    check_release(release)
+    _count(seeds, "--seeds")
+    if max_epochs is not None:
+        _count(max_epochs, "--max-epochs")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    for option, folder in (("--out", out), ("--data", data)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise ValueError(f"{option} {folder} exists and is not a folder")
+    if pair is not None and (len(pair) != 2 or pair[0] == pair[1]):
+        raise ValueError(f"--pair needs two different domains, got {','.join(pair)!r}")
+    if raw is None:
+        if pair is not None and tuple(pair) != (DOMAINS[0].name, DOMAINS[1].name):
+            raise ValueError(f"--pair {','.join(pair)} needs --raw: without it the book runs on the synthetic pair")
+        return
+    if pair is None:
+        raise ValueError("--pair is required with --raw")
+    if not Path(raw).is_dir():
+        raise ValueError(f"--raw {raw} is not a folder")
+    for domain in pair:
+        if find_file(Path(raw), domain, release, "reviews") is None:
+            raise ValueError(f"--raw {raw} has no {release} reviews file for {domain!r} (in {Path(raw) / domain} or "
+                             f"{raw})")
 
 
 def notebook_parameters(
@@ -56,6 +98,7 @@ def reproduce(
     notebooks: Path = NOTEBOOKS,
 ) -> list[Path]:
     """Execute every notebooks/NN_*.ipynb for one pair into OUT/<pair>/, skipping those already done."""
+    check_parameters(raw, release, pair, seeds, device, out, data, max_epochs)
     import papermill
 
     params = notebook_parameters(raw, release, pair, seeds, device, out, data, max_epochs)
@@ -65,15 +108,26 @@ def reproduce(
     for source in sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb")):
         target = target_dir / source.name
         record = target.with_suffix(".params.json")
+        failed = target.with_suffix(".failed.ipynb")
         if target.is_file() and record.is_file() and json.loads(record.read_text()) == params:
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
             continue
         log.info("%s: executing", source.name)
         with atomic_path(target) as tmp:
-            papermill.execute_notebook(
-                str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=False
-            )
+            try:
+                papermill.execute_notebook(
+                    str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=False
+                )
+            except Exception as err:
+                reason = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+                if tmp.stat().st_size == 0:
+                    raise RuntimeError(f"{source.name} failed before it ran ({reason})") from err
+                os.replace(tmp, failed)
+                raise RuntimeError(
+                    f"{source.name} failed ({reason}); its partly executed notebook is kept at {failed}"
+                ) from err
+        failed.unlink(missing_ok=True)
         write_json(record, params)
         done.append(target)
     return done

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from micrec_core import dataset as dataset_module
+from micrec_core.amazon import RawDataError
+from micrec_core.atomic import folder_lock, sha256_file
 from micrec_core.cli import main
-from micrec_core.dataset import EmptyDomainError, SplitParams, build_dataset, filter_domain, inductive_split
+from micrec_core.dataset import (
+    EmptyDomainError,
+    SplitParams,
+    build_dataset,
+    build_problems,
+    dataset_sha256,
+    ensure_built,
+    filter_domain,
+    inductive_split,
+    load_pair,
+)
+from micrec_core.features import _image_content
 
 
 def random_reviews(seed: int, n_users: int = 120, n_items: int = 60, n: int = 3000, rated: bool = True) -> pd.DataFrame:
@@ -52,6 +71,20 @@ def test_missing_ratings_skip_filter_with_warning() -> None:
     assert len(frame) > 0
 
 
+def test_partial_ratings_filter_the_rated_rows_and_keep_the_others() -> None:
+    reviews = random_reviews(6, n=8000)
+    reviews.loc[reviews.index % 3 == 0, "rating"] = np.nan
+    frame, steps, warnings = filter_domain(reviews, "D", SplitParams(min_count=0))
+    deduplicated = reviews.drop_duplicates(["user_id", "item_id"])
+    unrated = int(deduplicated["rating"].isna().sum())
+    assert unrated > 0 and (deduplicated["rating"] < 4).any()
+    assert len(frame) == unrated + (deduplicated["rating"] >= 4).sum()
+    assert frame["rating"].isna().sum() == unrated and (frame["rating"].dropna() >= 4).all()
+    rating_step = next(step for step in steps if step["step"].startswith("rating"))
+    assert rating_step["unrated_kept"] == unrated and rating_step["interactions"] == len(frame)
+    assert len(warnings) == 1 and f"{unrated} of {len(deduplicated)} interactions have no rating" in warnings[0]
+
+
 def test_empty_domain_names_domain_and_step() -> None:
     with pytest.raises(EmptyDomainError, match=r"'Kitchen'.*more than 50 interactions"):
         filter_domain(random_reviews(2, n=500), "Kitchen", SplitParams(min_count=50))
@@ -89,6 +122,13 @@ def test_split_determinism() -> None:
         pd.testing.assert_frame_equal(x, y)
     assert not a[0]["split"].equals(c[0]["split"])
     assert not a[1]["seen"].equals(c[1]["seen"])
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def write_domain(root: Path, name: str, frame: pd.DataFrame) -> None:
@@ -140,3 +180,174 @@ def test_build_outputs_are_complete_and_byte_identical(tmp_path: Path) -> None:
 def test_build_missing_domain_is_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="'Nope'"):
         build_dataset(tmp_path, ("Nope", "Other"), tmp_path / "out")
+
+
+PARAMS = SplitParams(min_count=5)
+
+
+def make_raw(root: Path, images: bool = False) -> Path:
+    """Two random domains A, B in the 2014 layout; with `images`, a local image for every other item."""
+    raw = root / "raw"
+    for name, seed in (("A", 4), ("B", 5)):
+        frame = random_reviews(seed, n=8000)
+        write_domain(raw, name, frame)
+        for item in sorted(set(frame["item_id"]))[::2] if images else []:
+            path = raw / name / "images" / f"{name}-{item}.png"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(f"image of {name}-{item}".encode())
+    return raw
+
+
+def matches_manifest(out: Path) -> bool:
+    """Whether every table of a build has the sha256 its manifest records."""
+    outputs = json.loads((out / "manifest.json").read_text())["outputs"]
+    return all((out / name).is_file() and sha256_file(out / name) == digest for name, digest in outputs.items())
+
+
+def test_identity_does_not_depend_on_where_the_raw_files_lie(tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "here", images=True)
+    moved = tmp_path / "elsewhere" / "deeper" / "raw"
+    shutil.copytree(raw, moved)
+    build_dataset(raw, ("A", "B"), tmp_path / "x1", params=PARAMS)
+    build_dataset(moved, ("A", "B"), tmp_path / "x2", params=PARAMS)
+    assert dataset_sha256(tmp_path / "x1") == dataset_sha256(tmp_path / "x2")
+    shutil.rmtree(tmp_path / "here")  # the build keeps its images
+    items = pd.read_parquet(tmp_path / "x1" / "A" / "items.parquet")
+    paths = items["image_path"].dropna()
+    assert len(paths) > 0 and not any(Path(p).is_absolute() for p in paths)
+    for item, path in zip(items["item_id"], items["image_path"], strict=True):
+        if pd.notna(path):
+            assert (tmp_path / "x1" / path).read_bytes() == f"image of {item}".encode()
+            assert _image_content(path, tmp_path / "x1")[1] == "ok"  # where `micrec features` looks
+    stats = json.loads((tmp_path / "x1" / "stats.json").read_text())
+    assert stats["domains"]["A"]["image_coverage"] == len(paths) / len(items)
+    loaded = load_pair(tmp_path / "x1").domains[0].items["image_path"]  # what the chapters open, from notebooks/
+    assert loaded.notna().sum() == len(paths)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in loaded.dropna())
+
+
+def test_a_failed_build_leaves_the_previous_build_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, out = make_raw(tmp_path), tmp_path / "built"
+    build_dataset(raw, ("A", "B"), out, params=PARAMS)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    killed = tmp_path / f".built.{gone_pid()}-0123abcd.tmpdir"  # what a build killed with -9 leaves
+    (killed / "A").mkdir(parents=True)
+    (killed / "A" / "items.parquet").write_bytes(b"half")
+    calls = []
+
+    def write_then_fail(frame: pd.DataFrame, path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        write_parquet(frame, path)
+
+    write_parquet = dataset_module._write_parquet
+    monkeypatch.setattr(dataset_module, "_write_parquet", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        build_dataset(raw, ("A", "B"), out, params=SplitParams(min_count=6))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert matches_manifest(out)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["built", "raw"]
+
+
+def test_build_refuses_a_folder_that_holds_something_else(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw, out = make_raw(tmp_path), tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(ValueError, match=r"mine/notes\.txt, which is not part of a dataset built by micrec"):
+        build_dataset(raw, ("A", "B"), out, params=PARAMS)
+    assert main(["data", "build", "--raw", str(raw), "--pair", "A,B", "--out", str(raw)]) == 2
+    assert "not part of a dataset built by micrec" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+
+
+def test_rebuild_keeps_the_feature_cache(tmp_path: Path) -> None:
+    raw, out = make_raw(tmp_path), tmp_path / "built"
+    build_dataset(raw, ("A", "B"), out, params=PARAMS)
+    for path in (out / "cache" / "features" / "m" / "shard-0.npz", out / "A" / "features" / "features.json"):
+        path.parent.mkdir(parents=True)
+        path.write_text(path.name)
+    build_dataset(raw, ("A", "B"), out, params=SplitParams(min_count=6))
+    assert json.loads((out / "manifest.json").read_text())["params"]["min_count"] == 6 and matches_manifest(out)
+    assert (out / "cache" / "features" / "m" / "shard-0.npz").read_text() == "shard-0.npz"
+    assert (out / "A" / "features" / "features.json").read_text() == "features.json"
+
+
+def test_builds_into_one_folder_run_one_after_the_other(tmp_path: Path) -> None:
+    raw, out = make_raw(tmp_path), tmp_path / "built"
+    waiting, errors = threading.Event(), []
+
+    class Signal(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting" in record.getMessage():
+                waiting.set()
+
+    def build() -> None:
+        try:
+            build_dataset(raw, ("A", "B"), out, params=PARAMS)
+        except Exception as err:  # reported by the assertion below
+            errors.append(err)
+
+    handler = Signal()
+    logging.getLogger("micrec.atomic").addHandler(handler)
+    try:
+        with folder_lock(out):  # another build holds the folder
+            thread = threading.Thread(target=build)
+            thread.start()
+            assert waiting.wait(60), "the build did not wait for the lock"
+            assert not out.exists()
+        thread.join(120)
+    finally:
+        logging.getLogger("micrec.atomic").removeHandler(handler)
+    assert not errors and matches_manifest(out)
+
+
+def test_ensure_built_rebuilds_a_tampered_build(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw, out = make_raw(tmp_path, images=True), tmp_path / "built"
+    ensure_built(out, raw, ("A", "B"), params=PARAMS)
+    manifest_inode = (out / "manifest.json").stat().st_ino
+    ensure_built(out, raw, ("A", "B"), params=PARAMS)
+    assert (out / "manifest.json").stat().st_ino == manifest_inode  # intact: reused
+    items = pd.read_parquet(out / "A" / "items.parquet")
+    items.iloc[1:].to_parquet(out / "A" / "items.parquet", index=False)
+    assert not matches_manifest(out)
+    with caplog.at_level(logging.WARNING, logger="micrec.dataset"):
+        ensure_built(out, raw, ("A", "B"), params=PARAMS)
+    assert matches_manifest(out)
+    assert "A/items.parquet does not match the sha256 its manifest records" in caplog.text
+
+
+def test_vanished_images_are_detected_and_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw, out = make_raw(tmp_path, images=True), tmp_path / "built"
+    ensure_built(out, raw, ("A", "B"), params=PARAMS)
+    assert build_problems(out) == []
+    images = sorted((out / "B" / "images").iterdir())
+    images[0].unlink()
+    assert build_problems(out) == [
+        f"{out / 'B' / 'images'}: image files vanished or changed since the build "
+        f"({len(images) - 1} of {len(images)} files, {sum(p.stat().st_size for p in images[1:])} of "
+        f"{sum(len(f'image of {p.stem}') for p in images)} bytes)"
+    ]
+    with caplog.at_level(logging.WARNING, logger="micrec.dataset"):
+        ensure_built(out, raw, ("A", "B"), params=PARAMS)
+    assert "image files vanished" in caplog.text and build_problems(out) == [] and images[0].is_file()
+
+
+def test_metadata_without_usable_text_is_recorded_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = make_raw(tmp_path)
+    lines = gzip.decompress((raw / "B" / "reviews_B_5.json.gz").read_bytes()).decode().splitlines()
+    items = sorted({json.loads(line)["asin"] for line in lines})
+    (raw / "B" / "meta_B.json").write_text("".join(repr({"asin": i, "imUrl": "http://x/y.jpg"}) + "\n" for i in items))
+    with caplog.at_level(logging.WARNING, logger="micrec.dataset"):
+        build_dataset(raw, ("A", "B"), tmp_path / "built", params=PARAMS)
+    manifest = json.loads((tmp_path / "built" / "manifest.json").read_text())
+    assert manifest["coverage"]["B"]["text"] == 0 and manifest["coverage"]["A"]["text"] > 0
+    message = "B: no item has usable text (title, description, categories or brand) in meta_B.json"
+    assert any(w.startswith(message) for w in manifest["warnings"]) and message in caplog.text
+
+
+def test_empty_reviews_file_is_named_not_a_filter_step(tmp_path: Path) -> None:
+    raw = make_raw(tmp_path)
+    (raw / "A" / "reviews_A_5.json.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(RawDataError, match=r"reviews_A_5\.json\.gz: no records"):
+        build_dataset(raw, ("A", "B"), tmp_path / "built", params=PARAMS)

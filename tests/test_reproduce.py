@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from micrec_core.reproduce import reproduce
 
@@ -37,3 +38,52 @@ def test_executes_in_order_and_skips_done(tmp_path: Path) -> None:
     assert len(log.read_text().splitlines()) == 2  # nothing re-executed
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, device="cuda")
     assert len(log.read_text().splitlines()) == 4  # new parameters: executed again
+
+
+def chapters(tmp_path: Path, *bodies: str) -> Path:
+    """A notebooks folder with one chapter per body, 01_a, 02_b, ..."""
+    books = tmp_path / "notebooks"
+    books.mkdir(exist_ok=True)
+    for k, body in enumerate(bodies):
+        write_notebook(books / f"{k + 1:02d}_{'abcdefgh'[k]}.ipynb", body)
+    return books
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"raw": "missing", "pair": ("A", "B")}, r"--raw .*missing is not a folder"),
+    ({"raw": "raw", "pair": ("A", "C")}, r"--raw .*raw has no 2014 reviews file for 'C'"),
+    ({"raw": "raw", "pair": ("A", "A")}, "--pair needs two different domains"),
+    ({"raw": "raw"}, "--pair is required with --raw"),
+    ({"pair": ("A", "B")}, "--pair A,B needs --raw"),
+    ({"seeds": 0}, "--seeds must be a whole number of at least 1, got 0"),
+    ({"max_epochs": 0}, "--max-epochs must be a whole number of at least 1, got 0"),
+    ({"release": "2020"}, "--release must be one of"),
+])
+def test_parameters_are_checked_before_any_kernel_starts(tmp_path: Path, options: dict, message: str) -> None:
+    for name in ("A", "B"):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        (tmp_path / "raw" / name / f"reviews_{name}_5.json.gz").write_bytes(b"")
+    if "raw" in options:
+        options["raw"] = tmp_path / options["raw"]
+    ran = tmp_path / "ran.txt"
+    books = chapters(tmp_path, f"open({str(ran)!r}, 'w').write('ran')")
+    with pytest.raises(ValueError, match=message):
+        reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, **options)
+    assert not ran.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_failed_chapter_keeps_its_notebook_and_says_where(tmp_path: Path) -> None:
+    books = chapters(tmp_path, "x = 1", "print('half-way')\nraise RuntimeError('boom')", "y = 3")
+    runs = tmp_path / "runs" / "synthetic"
+    with pytest.raises(RuntimeError, match=r"02_b\.ipynb failed \(RuntimeError: boom\); its partly executed notebook "
+                                           rf"is kept at {runs / '02_b.failed.ipynb'}"):
+        reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
+    kept = nbformat.read(runs / "02_b.failed.ipynb", as_version=4)
+    outputs = [output for cell in kept.cells for output in cell.get("outputs", [])]
+    assert any(o.get("text", "").startswith("half-way") for o in outputs)
+    assert any(o.get("ename") == "RuntimeError" and o.get("evalue") == "boom" for o in outputs)
+    assert sorted(p.name for p in runs.iterdir()) == ["01_a.ipynb", "01_a.params.json", "02_b.failed.ipynb"]
+    write_notebook(books / "02_b.ipynb", "x = 2")
+    done = reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
+    assert [p.name for p in done] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+    assert not (runs / "02_b.failed.ipynb").exists()
