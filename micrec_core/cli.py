@@ -94,7 +94,10 @@ CONFIG_FLAGS: list[tuple[str, Any, str]] = [
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """--max-epochs, --gamma-cl, ...: each a Config field, None when not given (Config's default applies)."""
+    """--max-epochs, --gamma-cl, ...: each a Config field, None when not given (Config's default applies); and
+    --param for the model's own hyperparameters (its module's Params)."""
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyperparameter of the model's own (its module's Params), repeatable; a list as JSON")
     defaults = Config()
     for name, kind, text in CONFIG_FLAGS:
         flag = "--" + name.replace("_", "-")
@@ -109,8 +112,25 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The Config fields given on the command line."""
-    return {name: getattr(args, name) for name, _, _ in CONFIG_FLAGS if getattr(args, name) is not None}
+    """The Config fields given on the command line, and the model's own parameters (--param KEY=VALUE)."""
+    given = {name: getattr(args, name) for name, _, _ in CONFIG_FLAGS if getattr(args, name) is not None}
+    params = {}
+    for spec in args.param:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects KEY=VALUE, got {spec!r}")
+        params[key] = json.loads(value) if value[:1] in "[{" or value in ("true", "false") else _number(value)
+    return given | ({"params": params} if params else {})
+
+
+def _number(text: str) -> int | float | str:
+    """An int or float when the text is one, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -68,3 +68,12 @@ def test_a_bad_option_exits_non_zero_before_any_file_is_written(tiny_dataset: Pa
     assert main(["train", "--dataset", str(tiny_dataset), "--out", str(out), "--tau", "0", "--quiet"]) == 2
     assert "--tau must be > 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_model_parameter_it_does_not_have_is_refused(tiny_dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "run"), "--model", "inmo", "--quiet",
+            "--param", "layers_mlp=[64,32]"]
+    assert main(argv) == 2
+    assert "--param: this model has no parameters of its own, got layers_mlp" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
