@@ -114,23 +114,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The Config fields given on the command line, and the model's own parameters (--param KEY=VALUE)."""
     given = {name: getattr(args, name) for name, _, _ in CONFIG_FLAGS if getattr(args, name) is not None}
-    params = {}
-    for spec in args.param:
-        key, sep, value = spec.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param expects KEY=VALUE, got {spec!r}")
-        params[key] = json.loads(value) if value[:1] in "[{" or value in ("true", "false") else _number(value)
+    params = dict(_key_value(spec, "--param") for spec in args.param)
     return given | ({"params": params} if params else {})
 
 
-def _number(text: str) -> int | float | str:
-    """An int or float when the text is one, else the text."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def _key_value(spec: str, option: str) -> tuple[str, Any]:
+    """KEY=VALUE with the value read as JSON where it is JSON (numbers, lists, true/false/null), else as text."""
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{option} expects KEY=VALUE, got {spec!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -176,8 +172,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from micrec_core.reproduce import reproduce
 
     raw = None if args.raw is None else Path(args.raw)
+    chapter_params = dict(_key_value(spec, "--chapter") for spec in args.chapter)
     done = reproduce(raw, args.release, args.pair, args.seeds, args.device, Path(args.out), Path(args.data),
-                     args.max_epochs)
+                     args.max_epochs, chapter_params=chapter_params)
     _print([str(p) for p in done])
 
 
@@ -272,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--max-epochs", type=int, default=None, help="training epoch cap (default: the notebook's)")
     rerun.add_argument("--out", default="runs", help="executed notebooks go to OUT/<pair>/")
     rerun.add_argument("--data", default="data", help="where built datasets and caches go")
+    rerun.add_argument("--chapter", action="append", default=[], metavar="KEY=VALUE",
+                       help="a parameter some chapters declare (e.g. min_count=5, sweep=..., jobs=2), repeatable")
     rerun.set_defaults(func=cmd_reproduce)
     return parser
 

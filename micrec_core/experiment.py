@@ -58,6 +58,12 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable ({err}); remove it (or its run folder) to retrain that run") from err
 
 
+def portable(config: Config) -> dict[str, Any]:
+    """The config as a run folder records it: the dataset by its folder name (its identity is the sha256 in the
+    provenance), so that no file of a run carries a path of the machine that trained it."""
+    return config.to_dict() | {"dataset": Path(config.dataset).name}
+
+
 def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
     """The config a run folder holds, the data sha256 it was trained on (when recorded) and the file saying so."""
     for name in ("metrics.json", FAILED_FILE):
@@ -142,7 +148,7 @@ def run_experiment(
     pair = load_pair(Path(config.dataset))
     s = setup(pair, config)
     check_folder(out, config, dataset_sha256(pair.path), resume, force)
-    write_json(out / "config.json", config.to_dict())
+    write_json(out / "config.json", portable(config))
     bar = tqdm(total=config.max_epochs, desc=_label(config), disable=not progress)
 
     def on_epoch(record: dict[str, Any]) -> None:
@@ -174,7 +180,7 @@ def run_together(
     for config, out in zip(configs, outs, strict=True):
         check_folder(Path(out), config, data_hash, resume)
     for config, out in zip(configs, outs, strict=True):
-        write_json(Path(out) / "config.json", config.to_dict())
+        write_json(Path(out) / "config.json", portable(config))
     bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
     commit = code_version()["git_commit"]
 
@@ -191,7 +197,7 @@ def run_together(
 
 def _write_failure(s: Setup, out: Path, commit: str | None, reason: str) -> None:
     """Record a diverged run in OUT/failed.json (no metrics.json, no model: there is no trained model to score)."""
-    record = {"config": s.config.to_dict(), "provenance": provenance(s.pair.path, s.device, commit), "error": reason}
+    record = {"config": portable(s.config), "provenance": provenance(s.pair.path, s.device, commit), "error": reason}
     write_json(out / FAILED_FILE, record)
 
 
@@ -207,7 +213,7 @@ def _write_results(
     config = s.config
     alphas = domain_alphas(s, state)
     metrics = {
-        "config": config.to_dict(),
+        "config": portable(config),
         "provenance": provenance(s.pair.path, s.device, commit) | {"trained_together": together, "cuda_graphs": graph},
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
@@ -220,24 +226,23 @@ def _write_results(
         "most_popular": {d.name: most_popular(d, config.eval_ns) for d in s.pair.domains},
     }
     with atomic_path(out / MODEL_FILE) as tmp:
-        torch.save({"config": config.to_dict(), "model": s.model.state_dict(), "alphas": alphas}, tmp)
+        torch.save({"config": portable(config), "model": s.model.state_dict(), "alphas": alphas}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def load_run(run: Path, dataset: Path | None = None) -> tuple[Setup, list[float]]:
+def load_run(run: Path, dataset: Path) -> tuple[Setup, list[float]]:
     """A trained model ready for inference: rebuilt from the run's config (templates are a function of E_tr).
 
-    dataset: where this machine holds the run's data (a run trained elsewhere names another path); it must be
-    the same build, by the sha256 in the run's metrics.json.
+    dataset: where this machine holds the run's data (a run records its dataset by name only); it must be the same
+    build, by the sha256 in the run's metrics.json.
     """
     payload = torch.load(Path(run) / MODEL_FILE, map_location="cpu", weights_only=True)
     config = Config.from_dict(payload["config"])
-    if dataset is not None:
-        trained_on = json.loads((Path(run) / "metrics.json").read_text())["provenance"]["dataset_sha256"]
-        if dataset_sha256(Path(dataset)) != trained_on:
-            raise ValueError(f"{run}: trained on data with sha256 {trained_on[:12]}, not the build in {dataset}")
-        config.dataset = str(dataset)
+    trained_on = read_json(Path(run) / "metrics.json")["provenance"]["dataset_sha256"]
+    if dataset_sha256(Path(dataset)) != trained_on:
+        raise ValueError(f"{run}: trained on data with sha256 {trained_on[:12]}, not the build in {dataset}")
+    config.dataset = str(dataset)
     config.device = "cpu"
     s = setup(load_pair(Path(config.dataset)), config)
     s.model.load_state_dict(payload["model"])

@@ -68,22 +68,35 @@ def check_parameters(
                              f"{raw})")
 
 
+def _from_notebooks(path: Path, notebooks: Path) -> str:
+    """`path` relative to the notebooks' folder, where papermill runs them: no path of this machine is recorded."""
+    return os.path.relpath(Path(path).resolve(), Path(notebooks).resolve())
+
+
 def notebook_parameters(
     raw: Path | None, release: str, pair: tuple[str, str] | None, seeds: int, device: str, out: Path, data: Path,
-    max_epochs: int | None = None,
+    max_epochs: int | None = None, notebooks: Path = NOTEBOOKS,
 ) -> dict[str, Any]:
-    """The papermill parameters every chapter accepts (absolute paths: notebooks run in notebooks/)."""
+    """The papermill parameters of a pair (paths relative to the notebooks' folder); each chapter gets those it
+    declares in its parameters cell."""
     name = pair_name(raw, pair)
     extra = {} if max_epochs is None else {"max_epochs": max_epochs}
     return extra | {
-        "raw": None if raw is None else str(Path(raw).resolve()),
+        "raw": None if raw is None else _from_notebooks(Path(raw), notebooks),
         "release": release,
         "pair": None if pair is None else ",".join(pair),
-        "out": str((Path(data) / "processed" / name).resolve()),
-        "runs": str((Path(out) / name / "runs").resolve()),
+        "out": _from_notebooks(Path(data) / "processed" / name, notebooks),
+        "runs": _from_notebooks(Path(out) / name / "runs", notebooks),
         "device": device,
         "seeds": seeds,
     }
+
+
+def declared(notebook: Path) -> set[str]:
+    """The names a chapter's parameters cell declares."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
 
 
 def reproduce(
@@ -96,16 +109,28 @@ def reproduce(
     data: Path = Path("data"),
     max_epochs: int | None = None,
     notebooks: Path = NOTEBOOKS,
+    chapter_params: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Execute every notebooks/NN_*.ipynb for one pair into OUT/<pair>/, skipping those already done."""
+    """Execute every notebooks/NN_*.ipynb for one pair into OUT/<pair>/, skipping those already done.
+
+    chapter_params: parameters some chapters declare beyond the pair's (e.g. chapter 6's `sweep`), each given to
+    the chapters that declare it; a name no chapter declares is refused before any kernel starts.
+    """
     check_parameters(raw, release, pair, seeds, device, out, data, max_epochs)
     import papermill
 
-    params = notebook_parameters(raw, release, pair, seeds, device, out, data, max_epochs)
+    sources = sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb"))
+    names = {source: declared(source) for source in sources}
+    unknown = sorted(set(chapter_params or {}) - set().union(*names.values()))
+    if unknown:
+        raise ValueError(f"no chapter declares the parameter(s) {', '.join(unknown)}")
+    given = notebook_parameters(raw, release, pair, seeds, device, out, data, max_epochs, notebooks)
+    given |= chapter_params or {}
     target_dir = Path(out) / pair_name(raw, pair)
     target_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for source in sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb")):
+    for source in sources:
+        params = {k: v for k, v in given.items() if k in names[source]}
         target = target_dir / source.name
         record = target.with_suffix(".params.json")
         failed = target.with_suffix(".failed.ipynb")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 import micrec_core.experiment as experiment
 from micrec_core.batched import RANKING_ATOL
@@ -309,3 +310,13 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tiny_dataset: Path, tmp
             "--max-epochs", "10", "--set", "dim=16", "--set", "batches_per_epoch=20", "--set", "patience=100"]
     assert main(argv) == 2
     assert "diverged" in capsys.readouterr().err
+
+
+def test_no_run_file_carries_a_path_of_the_machine(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
+    machine = str(tiny_dataset.parent)
+    for name in ("metrics.json", "config.json"):
+        assert machine not in (folder / name).read_text(), name
+    assert json.loads((folder / "metrics.json").read_text())["config"]["dataset"] == tiny_dataset.name
+    assert machine not in str(torch.load(folder / "model.pt", weights_only=True)["config"])

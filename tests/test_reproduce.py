@@ -13,7 +13,7 @@ from micrec_core.reproduce import reproduce
 
 def write_notebook(path: Path, body: str) -> None:
     """A notebook with a parameters cell and one code cell."""
-    params = nbformat.v4.new_code_cell("raw = None\nout = ''\nruns = ''")
+    params = nbformat.v4.new_code_cell("raw = None\nout = ''\nruns = ''\ndevice = 'cpu'")
     params.metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -33,7 +33,8 @@ def test_executes_in_order_and_skips_done(tmp_path: Path) -> None:
     executed = nbformat.read(tmp_path / "runs" / "synthetic" / "01_a.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     record = json.loads((tmp_path / "runs" / "synthetic" / "01_a.params.json").read_text())
-    assert record["runs"] == str((tmp_path / "runs" / "synthetic" / "runs").resolve())
+    assert record["runs"] == "../runs/synthetic/runs"  # relative to the notebooks, where papermill runs them
+    assert set(record) == {"raw", "out", "runs", "device"}  # what the chapter declares, nothing else
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
     assert len(log.read_text().splitlines()) == 2  # nothing re-executed
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, device="cuda")
@@ -87,3 +88,18 @@ def test_a_failed_chapter_keeps_its_notebook_and_says_where(tmp_path: Path) -> N
     done = reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
     assert [p.name for p in done] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
     assert not (runs / "02_b.failed.ipynb").exists()
+
+
+def test_chapter_parameters_go_to_the_chapters_that_declare_them(tmp_path: Path) -> None:
+    books = chapters(tmp_path, "pass")
+    special = nbformat.v4.new_code_cell("raw = None\nout = ''\nruns = ''\nsweep = 'none'")
+    special.metadata["tags"] = ["parameters"]
+    notebook = nbformat.v4.new_notebook(cells=[special, nbformat.v4.new_code_cell("assert sweep == 'lr=0.1'")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, books / "02_sweep.ipynb")
+    with pytest.raises(ValueError, match=r"no chapter declares the parameter.s. colour"):
+        reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, chapter_params={"colour": 1})
+    reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, chapter_params={"sweep": "lr=0.1"})
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "runs" / "synthetic").glob("*.params.json")}
+    assert "sweep" not in records["01_a.params.json"] and records["02_sweep.params.json"]["sweep"] == "lr=0.1"
+    assert not any(str(tmp_path) in json.dumps(r) for r in records.values())
