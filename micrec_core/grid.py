@@ -36,7 +36,7 @@ from micrec_core.experiment import (
     run_together,
     same_config,
 )
-from micrec_core.registry import model_class
+from micrec_core.registry import REGISTRY, model_class
 from micrec_core.train import CHECKPOINT, TrainingDiverged, pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
@@ -55,11 +55,19 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {"micrec-infonce": {"cl_loss": "infonce"}}
 
 
+def variant_model(variant: str) -> tuple[str, str | None]:
+    """(model, ablation) of a named variant: MICRec's ablations and variants, or any registered model."""
+    if variant in VARIANTS:
+        return VARIANTS[variant]
+    if variant in REGISTRY:
+        return variant, None
+    raise ValueError(f"variant must be one of {', '.join([*VARIANTS, *sorted(set(REGISTRY) - set(VARIANTS))])}, "
+                     f"got {variant!r}")
+
+
 def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> Config:
-    """The Config of a named variant (micrec, an ablation, inmo, lightgcn)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    model, ablation = VARIANTS[variant]
+    """The Config of a named variant (a registered model, or one of MICRec's ablations and variants)."""
+    model, ablation = variant_model(variant)
     settings = VARIANT_SETTINGS.get(variant, {}) | overrides
     return Config(model=model, ablation=ablation, dataset=str(Path(dataset).resolve()), seed=seed, **settings)
 

@@ -28,3 +28,27 @@ def model_class(name: str) -> type[Recommender]:
         raise ValueError(f"--model must be one of {', '.join(REGISTRY)}, got {name!r}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+# Every model of the paper's Table 2, in its order, with the paper's row name and the family the book groups it in;
+# a row exists in the book once its name is in REGISTRY.
+TABLE2: dict[str, tuple[str, str]] = {
+    "neumf": ("NeuMF", "collaborative filtering"),
+    "multvae": ("Mult-VAE", "collaborative filtering"),
+    "ngcf": ("NGCF", "collaborative filtering"),
+    "imcgae": ("IMC-GAE", "inductive"),
+    "idcf": ("IDCF", "inductive"),
+    "lightgcn": ("LightGCN", "collaborative filtering"),
+    "unicdr": ("UniCDR", "cross-domain"),
+    "ppa": ("PPA", "cross-domain"),
+    "sgl": ("SGL", "self-supervised"),
+    "xsimgcl": ("XSimGCL", "self-supervised"),
+    "alpharec": ("AlphaRec", "language model"),
+    "inmo": ("INMO", "inductive"),
+    "micrec": ("MICRec", "ours"),
+}
+
+
+def table2_models() -> list[str]:
+    """The registered models in the order of the paper's Table 2."""
+    return [name for name in TABLE2 if name in REGISTRY]

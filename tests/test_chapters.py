@@ -1,0 +1,45 @@
+"""The helpers the results chapters share: the grid with its reuse report and the paper-shaped tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micrec_core.chapters import caption, train_grid, wide
+from micrec_core.compare import mean_std
+from micrec_core.grid import collect
+from micrec_core.registry import REGISTRY, TABLE2, table2_models
+
+
+def test_train_grid_says_what_it_reused(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    folders = train_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, **small)
+    assert all((f / "metrics.json").is_file() for f in folders.values()) and set(folders) == {("inmo", 0), ("inmo", 1)}
+    assert capsys.readouterr().out.count("trained now") == 2
+    train_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, **small)
+    out = capsys.readouterr().out
+    assert out.count("reused") == 2 and "trained now" not in out
+
+
+def test_wide_is_the_paper_s_layout(tiny_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    train_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path, **small)
+    results = collect(tmp_path, tiny_dataset)
+    model = results[(results["source"] == "model") & (results["group"] == "all")]
+    agg = mean_std(model, ["variant", "domain", "metric"])
+    metrics = {"Rec": "recall@20", "NDCG": "ndcg@20"}
+    table = wide(agg["mean"], ["inmo", "lightgcn", "ngcf"], ["A", "B"], metrics, {"inmo": "INMO"})
+    assert list(table.index) == ["INMO", "lightgcn", "ngcf"] and table.loc["ngcf"].isna().all()
+    assert list(table.columns) == [("A", "Rec"), ("A", "NDCG"), ("B", "Rec"), ("B", "NDCG")]
+    by_hand = 100 * model[(model["variant"] == "inmo") & (model["domain"] == "B")
+                          & (model["metric"] == "ndcg@20")]["value"].mean()
+    assert np.isclose(table.loc["INMO", ("B", "NDCG")], by_hand)
+    assert caption("T", "p", "s") == "T\n  p\n  s"
+
+
+def test_table2_rows_follow_the_paper_and_the_registry() -> None:
+    assert list(TABLE2)[-2:] == ["inmo", "micrec"] and len(TABLE2) == 13
+    assert table2_models() == [name for name in TABLE2 if name in REGISTRY]
+    assert set(REGISTRY) <= set(TABLE2)
