@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
     "neumf": "micrec_core.neumf:NeuMF",
+    "multvae": "micrec_core.multvae:MultVAE",
 }
 
 
