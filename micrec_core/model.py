@@ -301,6 +301,10 @@ class MICRecFamily(Recommender):
         """L_CL, whose gradient the history compares with BPR + SE's."""
         return [TERMS.index("cl")] if self.coupled else []
 
+    def bounded_terms(self) -> list[int]:
+        """L_CL when its projections are normalised (then L_CL >= 2 ln(n-1) - 4/tau)."""
+        return [TERMS.index("cl")] if self.config.cl_normalize else []
+
     def draw(self, generator: torch.Generator) -> Draws:
         """Edge-dropout masks, BPR and SE batches per domain, then the overlapping users for L_CL."""
         c = self.config

@@ -83,6 +83,11 @@ class Recommender(nn.Module):
         """Indices of the terms whose gradient the history compares with the others' (e.g. a contrastive term)."""
         return []
 
+    def bounded_terms(self) -> list[int]:
+        """Indices of the terms whose growth is no sign of divergence (bounded, or growing by design); any other term
+        stops the run once it grows past `train.EXPLOSION` times its first epoch's size (a non-finite one always)."""
+        return []
+
     def draw(self, generator: torch.Generator) -> Any:
         """One optimizer step's randomness, from the run's generator, always in the same order."""
         raise NotImplementedError

@@ -19,6 +19,8 @@ REGISTRY: dict[str, str] = {
     "micrec": "micrec_core.model:MICRecFamily",
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
+    "neumf": "micrec_core.neumf:NeuMF",
+    "multvae": "micrec_core.multvae:MultVAE",
 }
 
 

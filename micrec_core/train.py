@@ -242,9 +242,10 @@ def end_epoch(
     s, state, c = run.s, run.state, run.s.config
     means = torch.stack(terms).mean(0)
     record: dict[str, Any] = {"epoch": state.epoch, "loss": float(means @ s.model.term_weights()), "alpha": alpha}
-    record |= {key: float(means[k]) for k, key in term_names(s).items()}
+    names = term_names(s)
+    record |= {key: float(means[k]) for k, key in names.items()}
     state.train_seconds += time.perf_counter() - started
-    run.failed = divergence(state.history, record, {"loss/cl"} if c.cl_normalize else set())
+    run.failed = divergence(state.history, record, {names[k] for k in s.model.bounded_terms() if k in names})
     if run.failed is not None:
         run.failed = f"training diverged: {run.failed} (config {c.model}, ablation {c.ablation}, seed {c.seed})"
         return
