@@ -200,6 +200,11 @@ def _with_mean(table: torch.Tensor, mapping: torch.Tensor, n: int) -> torch.Tens
 UNSEEN_INITS = ("mean", "random")  # how a transductive model meets an entity with no trained row
 
 
+def xavier_std(table: torch.Tensor) -> float:
+    """The standard deviation of a Xavier-uniform initialisation of a [rows, d] table, sqrt(2 / (rows + d))."""
+    return math.sqrt(2.0 / sum(table.shape))
+
+
 def id_rows(
     table: torch.Tensor, mapping: torch.Tensor, n: int, unseen_init: str, std: float, generator: torch.Generator
 ) -> torch.Tensor:

@@ -45,8 +45,7 @@ from torch import nn
 from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, reduce
-from micrec_core.model import UNSEEN_INITS, Phase, _seen_map, id_rows
-from micrec_core.propagation import normalized_adjacency
+from micrec_core.model import UNSEEN_INITS, Phase, _seen_map, build_phase, id_rows, xavier_std
 from micrec_core.recommender import Recommender
 from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.sparse import SparseMatrix
@@ -88,10 +87,6 @@ def _transform(dim: int) -> nn.Linear:
     nn.init.zeros_(layer.bias)
     return layer
 
-
-def _xavier_std(table: torch.Tensor) -> float:
-    """The standard deviation of the Xavier-uniform initialisation of a [rows, d] table."""
-    return math.sqrt(2.0 / sum(table.shape))
 
 
 class NGCFDomain(nn.Module):
@@ -137,7 +132,7 @@ class NGCF(Recommender):
     def __init__(self, pair: PairData, config: Config, device: torch.device, features: list[Any] | None = None) -> None:
         super().__init__(pair, config, device)
         self.domains = nn.ModuleList(NGCFDomain(data, config) for data in pair.domains)
-        self.train_phases = [_phase(data, data.edges["train"]).to(device) for data in pair.domains]
+        self.train_phases = [self._phase(data, data.edges["train"]).to(device) for data in pair.domains]
         self.samplers = [
             TripletSampler(data.edges["train"], data.n_items, torch.nonzero(data.item_seen).flatten()).to(device)
             for data in pair.domains
@@ -180,11 +175,15 @@ class NGCF(Recommender):
         generator = torch.Generator().manual_seed(self.config.seed)
         init = self.params.unseen_init
         x = torch.cat([
-            id_rows(domain.user_emb, domain.user_map, phase.n_users, init, _xavier_std(domain.user_emb), generator),
-            id_rows(domain.item_emb, domain.item_map, phase.n_items, init, _xavier_std(domain.item_emb), generator),
+            id_rows(domain.user_emb, domain.user_map, phase.n_users, init, xavier_std(domain.user_emb), generator),
+            id_rows(domain.item_emb, domain.item_map, phase.n_items, init, xavier_std(domain.item_emb), generator),
         ])
         reps = domain(x, phase.adjacency, node_keep, message_keep)
         return reps[: phase.n_users], reps[phase.n_users :]
+
+    def _phase(self, data: DomainData, edges: torch.Tensor) -> Phase:
+        """The normalised graph over `edges` with every user and item of the domain as a node."""
+        return build_phase(data, edges, None, None, self.config, data.user_seen, data.item_seen)
 
     def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
         """e*_u · e*_i over E_tr (no dropout)."""
@@ -194,7 +193,7 @@ class NGCF(Recommender):
     def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Phase:
         """The graph over E_tr + E_new with every user and item."""
         data = data or self.pair.domains[d]
-        return _phase(data, data.edges_of("train", "new")).to(self.device)
+        return self._phase(data, data.edges_of("train", "new")).to(self.device)
 
     def representations(self, d: int, alpha: float, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:
         """e*_u, e*_i of every user and item of domain d over `phase` (no dropout)."""
@@ -205,8 +204,3 @@ class NGCF(Recommender):
         r_users, r_items = self.representations(d, alpha, prepared)
         return r_users @ r_items.T
 
-
-def _phase(data: DomainData, edges: torch.Tensor) -> Phase:
-    """The normalised graph L (Eq. 8) over `edges`, with every user and item of the domain as a node."""
-    return Phase(data.n_users, data.n_items, normalized_adjacency(edges, data.n_users, data.n_items),
-                 None, None, None, None)

@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
     "ngcf": "micrec_core.ngcf:NGCF",
+    "sgl": "micrec_core.sgl:SGL",
 }
 
 
