@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "lightgcn": "micrec_core.model:MICRecFamily",
     "ngcf": "micrec_core.ngcf:NGCF",
     "sgl": "micrec_core.sgl:SGL",
+    "xsimgcl": "micrec_core.xsimgcl:XSimGCL",
 }
 
 

@@ -11,14 +11,14 @@ node against the other nodes of its side (§3.2),
 
 and L_ssl^item likewise, L_ssl = L_ssl^user + L_ssl^item, and the loss is L = L_main + λ1 L_ssl + λ2 ||Θ||² (§3.3).
 The anchors u are the batch's users (and its positive items for L_ssl^item), as in the authors' code; the
-denominator runs over every seen user (item) of the domain, the paper's SGL-ED (its in-batch variant is weaker, §4).
+denominator runs over every seen user (item) of the domain, the paper's SGL-ED (it reports the in-batch variant,
+SGL-ED-batch, slightly weaker).
 Each term is summed or averaged over the anchors like BPR over its triples (Config.loss_reduction: the authors' code
 sums both).
 
 Hyperparameters (`Params`, set with `--param KEY=VALUE`) and their sources:
 - ssl_ratio ρ = 0.1, ssl_temp τ = 0.2, ssl_reg λ1 = 0.1: the authors' configuration (wujcan/SGL-Torch,
-  conf/SGL.ini: aug_type ED), inside the ranges the paper tunes (ρ in 0-0.5, τ in 0.1-1.0 with 0.2 best,
-  λ1 in 0.005-1.0);
+  conf/SGL.ini, aug_type ED), inside the ranges the paper tunes (its study of τ finds 0.2 best);
 - d = 64, L = 3 (Config.dim, Config.layers): the paper's setting; Xavier-uniform initialisation (SGL.ini param_init);
 - lr, loss_reduction, batches per epoch and l2 are the shared Config's (λ2 is `--l2`, 0 by default here and applied
   to the batch's final representations, as for every model of this project).
