@@ -88,7 +88,6 @@ def _transform(dim: int) -> nn.Linear:
     return layer
 
 
-
 class NGCFDomain(nn.Module):
     """One domain's parameters: embeddings of its seen users and items, and W1^(l), W2^(l) of every layer."""
 
