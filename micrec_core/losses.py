@@ -72,6 +72,14 @@ def contrastive_loss(za: torch.Tensor, zb: torch.Tensor, tau: float, variant: st
     return l1 + l2
 
 
+def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE of each anchor on cosine similarities at temperature tau: -log of the softmax, over every row of
+    `candidates`, of its positive row `candidates[positives]` ([n] losses for n anchors; the self-supervised losses of
+    SGL and XSimGCL)."""
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).transpose(-1, -2) / tau
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, positives.unsqueeze(-1)).squeeze(-1)
+
+
 class Projector(nn.Module):
     """f^A / f^B: a 2-layer feed-forward network into the shared space, its output L2-normalised by default.
 

@@ -197,6 +197,29 @@ def _with_mean(table: torch.Tensor, mapping: torch.Tensor, n: int) -> torch.Tens
     return torch.where((mapping >= 0).unsqueeze(1), table[mapping.clamp(min=0)], mean)
 
 
+UNSEEN_INITS = ("mean", "random")  # how a transductive model meets an entity with no trained row
+
+
+def xavier_std(table: torch.Tensor) -> float:
+    """The standard deviation of a Xavier-uniform initialisation of a [rows, d] table, sqrt(2 / (rows + d))."""
+    return math.sqrt(2.0 / sum(table.shape))
+
+
+def id_rows(
+    table: torch.Tensor, mapping: torch.Tensor, n: int, unseen_init: str, std: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rows of an id-embedding table for n entities: the trained row of a mapped entity; for the others (unseen, or
+    added after training) the mean trained row ("mean", INMO's protocol) or a N(0, std²) row ("random", drawn from the
+    CPU `generator` in entity order)."""
+    if unseen_init == "mean":
+        return _with_mean(table, mapping, n)
+    if unseen_init != "random":
+        raise ValueError(f"unseen_init must be one of {', '.join(UNSEEN_INITS)}, got {unseen_init!r}")
+    mapping = _padded(mapping, n)
+    noise = torch.randn(n, table.shape[1], generator=generator).to(table.device, table.dtype) * std
+    return torch.where((mapping >= 0).unsqueeze(1), table[mapping.clamp(min=0)], noise)
+
+
 def item_modalities(dataset: Path, domain: str) -> ItemModalities:
     """Load a domain's item features written by `micrec features`."""
     from micrec_core.features import load_features  # the encoders' libraries load only for models that need them

@@ -21,6 +21,9 @@ REGISTRY: dict[str, str] = {
     "lightgcn": "micrec_core.model:MICRecFamily",
     "neumf": "micrec_core.neumf:NeuMF",
     "multvae": "micrec_core.multvae:MultVAE",
+    "ngcf": "micrec_core.ngcf:NGCF",
+    "sgl": "micrec_core.sgl:SGL",
+    "xsimgcl": "micrec_core.xsimgcl:XSimGCL",
 }
 
 
