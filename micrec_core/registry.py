@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
     "imcgae": "micrec_core.imcgae:IMCGAE",
+    "idcf": "micrec_core.idcf:IDCF",
 }
 
 
