@@ -74,8 +74,9 @@ always covers all keys (the IDCF authors sample 500 keys per query while trainin
 small enough for the exact softmax, computed 1,024 query rows at a time when scoring everyone).
 
 **Hyperparameters** (d = `--dim`, 64): H = `--param heads` 4 (the IDCF authors' `head_num`, INMO's `n_headers`);
-λ = `--param contrast_weight` 1e-3 (INMO's config); `pretrain_epochs` 30 (ours: the factorisation's BPR has
-flattened by then on the synthetic default; the authors pretrain to convergence in a separate script); key shares
+λ = `--param contrast_weight` 1e-3 (INMO's config); `pretrain_epochs` 30 (ours: by then the factorisation's BPR
+is down to a fifth of its first epoch's on the synthetic default, still falling slowly; the authors pretrain to
+convergence in a separate script, which our trainer's single early-stopping loop cannot mirror); key shares
 0.5 / 1.0 (above); Adam with `--lr` 1e-3 (INMO's config for IDCF; the authors' Amazon script uses 1e-4 with weight
 decay); `--l2` 0 (INMO used 1e-4: the squared norms of the active stage's sampled representations, set it to
 follow). Embeddings ~ N(0, 0.1) (this project's and INMO's init), attention and output maps Xavier-normal (the IDCF

@@ -14,14 +14,16 @@ weight per layer, shared by users and items as in the authors' default `share_pa
 
     h^(l)_i = W_o^(l) σ( Σ_{j ∈ N(i)} 1/sqrt(|N(i)| |N(j)|) · m^(l)_j / (1 - p_l) · W^(l) h^(l-1)_j ) + b_o^(l)
 
-with h^(0) = x, σ = LeakyReLU(0.1) (the authors' default activation "leaky"), W^(1) in R^{d x 3d}, W^(l>1), W_o^(l)
-in R^{d x d}, and m^(l)_j ~ Bernoulli(1 - p_l) the *layer-wise node dropout* mask (a dropped node sends nothing in
-that layer). The authors' code and the INMO authors' run both use p_l = p - 0.1 (l - 1) (the paper's Figure 1
-caption describes the rate as changing with depth; we follow the code that produced its numbers), floored at 0
-here, with p = `--dropout`. **Layer weights**: the representation sums the layer outputs,
+with h^(0) = x, σ = LeakyReLU (the authors' default activation "leaky"; slope 0.1 as in the DGL GC-MC example their
+code builds on), W^(1) in R^{d x 3d}, W^(l>1), W_o^(l) in R^{d x d}, and m^(l)_j ~ Bernoulli(1 - p_l) the
+*layer-wise node dropout* mask (a dropped node sends nothing in that layer). The authors' code and the INMO authors'
+run both use p_l = p - 0.1 (l - 1) (the paper's Figure 1 caption says the rate increases with depth; we follow the
+code that produced its numbers), floored at 0 here, with p = `--dropout`. **Layer weights**: the representation sums
+the layer outputs,
 
-    h_v = Σ_{l=1..L} h^(l)_v / l        (the authors' code; INMO's LightGCN-style re-implementation, which has no
-                                          layer weights, also adds x_v with weight 1: it cannot here, x is 3d-wide)
+    h_v = Σ_{l=1..L} h^(l)_v / l        (the authors' code; INMO's re-implementation, a LightGCN-style propagation
+                                          without weight matrices, weighs x_v by 1 and layer l by 1/(l+1): our
+                                          first layer changes the width from 3d to d, so x_v cannot be added)
 
 **Decoder**: the paper's bilinear decoder u^T Q_r v has one relation here, s(u, i) = h_u^T Q h_i (Q in R^{d x d},
 initialised to the identity: a choice, the authors initialise randomly). For implicit feedback we train it with BPR
