@@ -24,6 +24,8 @@ REGISTRY: dict[str, str] = {
     "ngcf": "micrec_core.ngcf:NGCF",
     "sgl": "micrec_core.sgl:SGL",
     "xsimgcl": "micrec_core.xsimgcl:XSimGCL",
+    "imcgae": "micrec_core.imcgae:IMCGAE",
+    "idcf": "micrec_core.idcf:IDCF",
 }
 
 
