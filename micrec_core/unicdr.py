@@ -360,7 +360,8 @@ class UniCDR(Recommender):
 
     def draw(self, generator: torch.Generator) -> list[DomainDraws]:
         """Per domain: B rows (user pick, positive and K negative uniforms), the uniform keys that mask the
-        specific and the shared context, the critic's cyclic shift in [1, B), and the dropout masks."""
+        specific and the shared context, the critic's cyclic shift in [1, B), and the dropout masks (on h, g, the
+        scored items and, for user attention, the attention weights)."""
         p, rate, dim = self.params, self.config.dropout, self.config.dim
         out = []
         for d in range(2):
@@ -374,8 +375,9 @@ class UniCDR(Recommender):
             masks = None
             if rate > 0:
                 shapes = {"specific": (n, dim), "shared": (n, dim), "positive": (n, dim),
-                          "negative": (n, p.negatives, dim), "specific_attention": (n, p.max_context),
-                          "shared_attention": (n, p.max_context)}
+                          "negative": (n, p.negatives, dim)}
+                if self.shared_aggregator.key is not None:  # dropout on the attention weights
+                    shapes |= {"specific_attention": (n, p.max_context), "shared_attention": (n, p.max_context)}
                 masks = {key: (torch.rand(shape, generator=generator, device=dev) >= rate).float() / (1.0 - rate)
                          for key, shape in shapes.items()}
             out.append(DomainDraws(pick, u_pos, u_neg, specific_keys, shared_keys, shift, masks))
