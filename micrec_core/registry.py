@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
     "unicdr": "micrec_core.unicdr:UniCDR",
+    "ppa": "micrec_core.ppa:PPA",
 }
 
 
