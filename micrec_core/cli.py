@@ -89,7 +89,7 @@ CONFIG_FLAGS: list[tuple[str, Any, str]] = [
     ("lr", float, "Adam learning rate"),
     ("se_weight", SE_WEIGHTS, "SE loss W: full d x d (paper) or diagonal (INMO's code; INMO's default)"),
     ("best_epoch", BEST_EPOCHS, "model selection: one epoch for both domains, or each domain its own (default: "
-     "joint when L_CL couples the domains)"),
+     "joint when L_CL couples the domains or they share parameters)"),
 ]
 
 

@@ -31,7 +31,8 @@ class Config:
     cl_normalize: L2-normalise the projector outputs f^A, f^B (without it the paper's L_CL is unbounded below).
     se_weight: the SE loss's W; default the paper's full d x d matrix for MICRec, INMO's diagonal for INMO.
     best_epoch: "joint" (one best epoch for both domains, by their mean validation NDCG) or "per-domain"; default
-        joint when the contrastive loss couples the domains, per-domain otherwise.
+        joint when the contrastive loss couples the domains or the model's domains share parameters
+        (`Recommender.shared_parameters`, e.g. UniCDR), per-domain otherwise.
     params: the model's own hyperparameters (its module's `Params`), every one filled in with its default when not
         given, so the saved config says what ran.
     """
@@ -75,7 +76,8 @@ class Config:
         if self.se_weight is None:
             self.se_weight = "diagonal" if self.model == "inmo" else "full"
         if self.best_epoch is None:
-            self.best_epoch = "joint" if self.contrastive else "per-domain"
+            shared = model_class(self.model).shared_parameters
+            self.best_epoch = "joint" if self.contrastive or shared else "per-domain"
         for name, allowed in (("cl_loss", CL_LOSSES), ("loss_reduction", REDUCTIONS), ("se_weight", SE_WEIGHTS),
                               ("best_epoch", BEST_EPOCHS)):
             if getattr(self, name) not in allowed:

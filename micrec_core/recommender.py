@@ -15,7 +15,9 @@ two domains elsewhere) and whatever it precomputes from the training data (graph
   and the model scores every user, seen or not, for every item, seen or not, from E_tr + E_new without a gradient
   step. How an unseen user or item is met is the model's to say (its module docstring says how).
 
-`coupled` says whether a loss term ties the two domains (then by default they share one best epoch). `union`
+`coupled` says whether a loss term ties the two domains (then by default they share one best epoch);
+`shared_parameters` says whether the two domains share trained parameters (embeddings, modules) outside
+`self.domains`, which then must keep one best epoch for both (`Config.best_epoch` defaults to "joint"). `union`
 says whether `micrec_core.batched` can train several runs of it as one model on a GPU; a model that does not opt in
 trains on the plain path.
 """
@@ -37,6 +39,7 @@ class Recommender(nn.Module):
 
     terms: ClassVar[tuple[str, ...]] = ()
     union: ClassVar[bool] = False
+    shared_parameters: ClassVar[bool] = False
     Params: ClassVar[type | None] = None
     domains: nn.ModuleList
 

@@ -26,6 +26,8 @@ REGISTRY: dict[str, str] = {
     "xsimgcl": "micrec_core.xsimgcl:XSimGCL",
     "imcgae": "micrec_core.imcgae:IMCGAE",
     "idcf": "micrec_core.idcf:IDCF",
+    "unicdr": "micrec_core.unicdr:UniCDR",
+    "ppa": "micrec_core.ppa:PPA",
 }
 
 
