@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "micrec": "micrec_core.model:MICRecFamily",
     "inmo": "micrec_core.model:MICRecFamily",
     "lightgcn": "micrec_core.model:MICRecFamily",
+    "alpharec": "micrec_core.alpharec:AlphaRec",
 }
 
 
