@@ -271,7 +271,7 @@ class AlphaRec(Recommender):
         n = int(without.sum())
         share = n / data.n_items if data.n_items else 0.0
         if n:
-            log.warning("alpharec: domain %s: %d of %d items (%.1f%%) have no text; %s", data.name, n, data.n_items,
+            log.warning("alpharec: domain %s: %d of %d items (%.2f%%) have no text; %s", data.name, n, data.n_items,
                         100 * share, FALLBACK_RULE)
         return {
             "items": data.n_items, "items_without_text": n, "share_without_text": share,
@@ -311,8 +311,8 @@ class AlphaRec(Recommender):
             # the same as infonce_loss on the gathered rows, without materialising [n, K, d]: normalise each row
             # once, score the batch's users against every item, then pick the positive and negative columns
             cosines = F.normalize(r_users, dim=-1)[users] @ F.normalize(r_items, dim=-1).T
-            terms.append(infonce(cosines.gather(1, positives.unsqueeze(1)).squeeze(1), cosines.gather(1, negatives),
-                                 tau))
+            picked = cosines.gather(1, torch.cat([positives.unsqueeze(1), negatives], dim=1))
+            terms.append(infonce(picked[:, 0], picked[:, 1:], tau))
             if c.l2 > 0:
                 ru, rp, rn = r_users[users], r_items[positives], r_items[negatives]
                 l2 = l2 + (ru.pow(2).sum(-1) + rp.pow(2).sum(-1) + rn.pow(2).sum(-1).mean(-1)).mean()

@@ -230,7 +230,7 @@ def test_a_domain_without_text_takes_the_fallback_and_says_so(tiny_pair: PairDat
     with caplog.at_level(logging.WARNING, logger="micrec.alpharec"):
         s = setup(tiny_pair, quick(), feats)
     warnings = [r.getMessage() for r in caplog.records if r.name == "micrec.alpharec"]
-    assert len(warnings) == 1 and f"domain {name_b}:" in warnings[0] and "(100.0%)" in warnings[0]
+    assert len(warnings) == 1 and f"domain {name_b}:" in warnings[0] and "(100.00%)" in warnings[0]
     notes = s.model.notes()["text_fallback"]
     data_b = tiny_pair.domains[1]
     assert notes[name_a] == {"items": tiny_pair.domains[0].n_items, "items_without_text": 0,
