@@ -224,6 +224,7 @@ def _write_results(
         "history": state.history,
         "test": evaluate_test(s, alphas),
         "most_popular": {d.name: most_popular(d, config.eval_ns) for d in s.pair.domains},
+        "model_notes": s.model.notes(),
     }
     with atomic_path(out / MODEL_FILE) as tmp:
         torch.save({"config": portable(config), "model": s.model.state_dict(), "alphas": alphas}, tmp)

@@ -13,7 +13,9 @@ two domains elsewhere) and whatever it precomputes from the training data (graph
   model selection on E_val;
 - `prepare_inference(d, data, features)` then `inference_scores(d, alpha, prepared)`: after training, E_new arrives,
   and the model scores every user, seen or not, for every item, seen or not, from E_tr + E_new without a gradient
-  step. How an unseen user or item is met is the model's to say (its module docstring says how).
+  step. How an unseen user or item is met is the model's to say (its module docstring says how);
+- `notes()`: anything a reader of the results must know about how the model met the data (a fallback taken, e.g.
+  for items without text), written into the run's metrics.json as `model_notes`.
 
 `coupled` says whether a loss term ties the two domains (then by default they share one best epoch);
 `shared_parameters` says whether the two domains share trained parameters (embeddings, modules) outside
@@ -111,6 +113,11 @@ class Recommender(nn.Module):
     def inference_scores(self, d: int, alpha: float, prepared: Any) -> torch.Tensor:
         """[U, I] scores of every user for every item of domain d after E_new arrived, without retraining."""
         raise NotImplementedError
+
+    def notes(self) -> dict[str, Any]:
+        """What a reader of the run's results must know about how the model met its data (e.g. a fallback it took
+        for missing item text), JSON-ready; written into metrics.json as `model_notes`. Empty by default."""
+        return {}
 
     def domain_prefix(self, d: int) -> str:
         """The state_dict prefix of domain d's own parameters (what a per-domain best epoch keeps)."""

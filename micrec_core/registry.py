@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "idcf": "micrec_core.idcf:IDCF",
     "unicdr": "micrec_core.unicdr:UniCDR",
     "ppa": "micrec_core.ppa:PPA",
+    "alpharec": "micrec_core.alpharec:AlphaRec",
 }
 
 

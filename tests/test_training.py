@@ -224,6 +224,7 @@ def test_cli_train_writes_metrics(tiny_dataset: Path, tmp_path: Path, monkeypatc
     assert {"model", "ablation", "dataset", "seed", "lr", "dim", "tau"} <= set(metrics["config"])
     assert {"git_commit", "dataset_sha256", "device", "torch"} <= set(metrics["provenance"])
     assert isinstance(metrics["best_epoch"], int) and metrics["train_seconds"] > 0
+    assert metrics["model_notes"] == {}  # Recommender.notes(): INMO has nothing to report about how it met the data
     for groups in metrics["test"].values():
         assert set(groups) == {"all", "seen_users", "unseen_users", "seen_items", "unseen_items", "low_degree_items"}
         for n in (5, 10, 20, 50):  # N = 100 exceeds the tiny domains' item counts and is left out
