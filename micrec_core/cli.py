@@ -1,4 +1,5 @@
-"""The `micrec` command line: data download / build / synth, features."""
+"""The `micrec` command line: `data download`, `data build`, `data synth`, `features`, `train`, `grid` and
+`reproduce` (each with --help)."""
 
 from __future__ import annotations
 
@@ -178,57 +179,74 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     _print([str(p) for p in done])
 
 
+DEVICE_HELP = "auto: a GPU when torch sees one"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every option's default (none for flags and options without one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        unset = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if unset or "default" in (action.help or "").lower():
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="micrec", description=__doc__)
+    parser = argparse.ArgumentParser(prog="micrec", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="download, build or synthesise datasets").add_subparsers(
-        dest="data_command", required=True
-    )
-    download = data.add_parser("download", help="fetch a category of a public Amazon Reviews release")
-    download.add_argument("--release", choices=RELEASES, default="2014")
-    download.add_argument("--category", required=True)
-    download.add_argument("--out", default="data/raw")
+    def command(group: Any, name: str, text: str) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    data = command(commands, "data", "data download, data build or data synth: fetch, build or synthesise datasets")
+    data = data.add_subparsers(dest="data_command", required=True)
+    download = command(data, "download", "fetch a category of a public Amazon Reviews release")
+    download.add_argument("--release", choices=RELEASES, default="2014", help="release layout")
+    download.add_argument("--category", required=True, help="category as the release names it, e.g. Beauty")
+    download.add_argument("--out", default="data/raw", help="raw folder; the category's files go to OUT/<category>/")
     download.add_argument("--images", action="store_true", help="also fetch item images from the metadata URLs")
     download.add_argument("--base-url", default=None, help="mirror to fetch the files from instead")
-    download.add_argument("--concurrency", type=int, default=8)
-    download.add_argument("--retries", type=int, default=3)
+    download.add_argument("--concurrency", type=int, default=8, help="image downloads at once")
+    download.add_argument("--retries", type=int, default=3, help="attempts per file before giving up")
     download.set_defaults(func=cmd_download)
 
-    build = data.add_parser("build", help="filter and split a pair of domains (paper §3, §5.1)")
+    build = command(data, "build", "filter and split a pair of domains (paper §3, §5.1)")
     build.add_argument("--raw", required=True, help="folder with one subfolder (or the files) per category")
     build.add_argument("--pair", required=True, type=_pair, help="two domains, e.g. Beauty,Electronics")
-    build.add_argument("--out", required=True)
-    build.add_argument("--release", choices=RELEASES, default="2014")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", required=True, help="dataset folder to build (atomically) into")
+    build.add_argument("--release", choices=RELEASES, default="2014", help="layout of the raw files")
+    build.add_argument("--seed", type=int, default=0, help="seeds the split")
     build.add_argument("--min-count", type=int, default=10, help="keep users/items with MORE than this many")
-    build.add_argument("--min-rating", type=float, default=4.0)
+    build.add_argument("--min-rating", type=float, default=4.0, help="keep interactions rated at least this "
+                       "(rows without a rating are kept and counted)")
     build.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
     build.set_defaults(func=cmd_build)
 
-    synth = data.add_parser("synth", help="write the synthetic multimodal cross-domain dataset (2014 layout)")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", choices=("small", "medium"), default="small")
+    synth = command(data, "synth", "write the synthetic multimodal cross-domain dataset (2014 layout)")
+    synth.add_argument("--out", required=True, help="raw folder to write (one subfolder per domain)")
+    synth.add_argument("--seed", type=int, default=0, help="seeds the generative story")
+    synth.add_argument("--size", choices=("small", "medium"), default="small", help="number of users and items")
     synth.set_defaults(func=cmd_synth)
 
-    features = commands.add_parser("features", help="encode item text and images (paper §4.2)")
-    features.add_argument("--dataset", required=True)
+    features = command(commands, "features", "encode item text and images (paper §4.2)")
+    features.add_argument("--dataset", required=True, help="built dataset folder")
     features.add_argument("--text-model", default=None, help="sentence-transformers id or path")
     features.add_argument("--image-model", default=None, help="'efficientnet-lite0' or a transformers id or path")
-    features.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    features.add_argument("--batch-size", type=int, default=64, help="items encoded per batch")
     features.set_defaults(func=cmd_features)
 
-    train = commands.add_parser("train", help="train a model to early stop and evaluate it inductively (paper §4, §5)")
-    train.add_argument("--dataset", required=True)
+    train = command(commands, "train", "train a model to early stop and evaluate it inductively (paper §4, §5)")
+    train.add_argument("--dataset", required=True, help="built dataset folder (with features for MICRec)")
     train.add_argument("--model", choices=list(REGISTRY), default="micrec", help="a registered model")
-    train.add_argument("--ablation", choices=ABLATIONS, default=None)
+    train.add_argument("--ablation", choices=ABLATIONS, default=None, help="a MICRec ablation (paper §5.3)")
     train.add_argument("--seed", type=int, default=0, help="seeds initialisation and sampling")
     _add_config_flags(train)
-    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     train.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint.pt")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--force", action="store_true", help="replace a run of another configuration in OUT")
@@ -236,9 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy box)")
     train.set_defaults(func=cmd_train)
 
-    grid = commands.add_parser("grid", help="train every variant x seed on a dataset, reusing finished runs")
-    grid.add_argument("--dataset", required=True)
-    grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn")
+    grid = command(commands, "grid", "train every variant x seed on a dataset, reusing finished runs")
+    grid.add_argument("--dataset", required=True, help="built dataset folder")
+    grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn",
+                      help="comma-separated registered models and MICRec ablations")
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
     grid.add_argument("--jobs", type=int, default=1, help="cells (unions or single runs) trained at once, one "
@@ -248,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--graph", default="auto", choices=("auto", "yes", "no"),
                       help="replay each epoch's union steps from a CUDA graph (auto: with --together on a GPU)")
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
-    grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    grid.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     _add_config_flags(grid)
     grid.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
                       help="sweep a setting over these values (repeatable: the product of all --set); each point "
@@ -257,15 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                       help="stop runs still training after this much wall time, at their best epoch so far "
                            "(metrics.json: stopped = 'time budget')")
-    grid.add_argument("--quiet", action="store_true")
+    grid.add_argument("--quiet", action="store_true", help="no progress bars")
     grid.set_defaults(func=cmd_grid)
 
-    rerun = commands.add_parser("reproduce", help="execute the book's notebooks for one pair with papermill")
+    rerun = command(commands, "reproduce", "execute the book's notebooks for one pair with papermill")
     rerun.add_argument("--raw", default=None, help="raw release folder (default: the synthetic dataset)")
-    rerun.add_argument("--release", choices=RELEASES, default="2014")
-    rerun.add_argument("--pair", type=_pair, default=None)
-    rerun.add_argument("--seeds", type=int, default=1)
-    rerun.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    rerun.add_argument("--release", choices=RELEASES, default="2014", help="layout of the raw files")
+    rerun.add_argument("--pair", type=_pair, default=None, help="two domains, e.g. Beauty,Electronics (with --raw)")
+    rerun.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every trained model")
+    rerun.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
     rerun.add_argument("--max-epochs", type=int, default=None, help="training epoch cap (default: the notebook's)")
     rerun.add_argument("--out", default="runs", help="executed notebooks go to OUT/<pair>/")
     rerun.add_argument("--data", default="data", help="where built datasets and caches go")
