@@ -38,6 +38,7 @@ from micrec_core.registry import model_class
 CHECKPOINT = "checkpoint.pt"
 GRAD_EVERY = 5  # epochs between two gradient-ratio records in the history
 EXPLOSION = 100.0  # a loss term whose size exceeds this factor of its first epoch's (or of 1) has diverged
+START = "start/"  # the first epoch's record also holds each term at the run's first step, before any update
 
 
 class TrainingDiverged(RuntimeError):
@@ -212,9 +213,10 @@ def term_names(s: Setup) -> dict[int, str]:
 
 def divergence(history: list[dict[str, Any]], record: dict[str, Any], bounded: set[str]) -> str | None:
     """Why an epoch's record shows a diverged run: a non-finite loss, or an unbounded term (not in `bounded`) whose
-    size exceeds EXPLOSION times its first epoch's (or EXPLOSION, for a term that started below 1); None if healthy.
+    size exceeds EXPLOSION times its first epoch's mean (or EXPLOSION, for a term that started below 1); None if
+    healthy. The first epoch is measured against the run's first step (`start/<term>` in its record: the loss at
+    initialisation), so a run that explodes within its first epoch is caught too.
     """
-    first = history[0] if history else record
     for key, value in record.items():
         if not key.startswith("loss"):
             continue
@@ -222,9 +224,10 @@ def divergence(history: list[dict[str, Any]], record: dict[str, Any], bounded: s
             return f"{key} is {value} at epoch {record['epoch']}"
         if key == "loss" or key in bounded:
             continue
-        if abs(value) > EXPLOSION * max(abs(first[key]), 1.0):
-            return (f"{key} reached {value:.4g} at epoch {record['epoch']}, over {EXPLOSION:g} times its first "
-                    f"epoch's {first[key]:.4g}")
+        reference, since = (history[0][key], "first epoch's") if history else (record[START + key], "first step's")
+        if abs(value) > EXPLOSION * max(abs(reference), 1.0):
+            return (f"{key} reached {value:.4g} at epoch {record['epoch']}, over {EXPLOSION:g} times its {since} "
+                    f"{reference:.4g}")
     return None
 
 
@@ -244,6 +247,8 @@ def end_epoch(
     record: dict[str, Any] = {"epoch": state.epoch, "loss": float(means @ s.model.term_weights()), "alpha": alpha}
     names = term_names(s)
     record |= {key: float(means[k]) for k, key in names.items()}
+    if not state.history:
+        record |= {START + key: float(terms[0][k]) for k, key in names.items()}
     state.train_seconds += time.perf_counter() - started
     run.failed = divergence(state.history, record, {names[k] for k in s.model.bounded_terms() if k in names})
     if run.failed is not None:

@@ -302,13 +302,18 @@ def test_a_diverging_loss_stops_the_run_with_an_error_and_no_result(tiny_pair: P
     train(setup(tiny_pair, replace(config, cl_normalize=True)))  # bounded by the normalisation: trains
     with pytest.raises(TrainingDiverged, match=r"is (nan|inf)"):
         train(setup(tiny_pair, replace(config, cl_normalize=True, lr=1e30)))
+    with pytest.raises(TrainingDiverged, match=r"loss/(bpr|se)/.* at epoch 0, over 100 times its first step's"):
+        train(setup(tiny_pair, replace(config, model="inmo", ablation=None, lr=1e9, max_epochs=3)))
 
 
 def test_divergence_checks() -> None:
     from micrec_core.train import divergence
 
-    first = {"epoch": 0, "loss": 10.0, "loss/bpr/A": 9.0, "loss/cl": 1.0}
+    first = {"epoch": 0, "loss": 10.0, "loss/bpr/A": 9.0, "loss/cl": 1.0, "start/loss/bpr/A": 12.0,
+             "start/loss/cl": 1.5}
     assert divergence([], first, set()) is None
+    exploded_at_once = first | {"loss/bpr/A": 1.3e3}
+    assert "times its first step's 12" in divergence([], exploded_at_once, set())
     assert "is nan" in divergence([first], first | {"epoch": 1, "loss/bpr/A": float("nan")}, set())
     assert "over 100 times" in divergence([first], first | {"epoch": 1, "loss/cl": -101.0}, set())
     assert divergence([first], first | {"epoch": 1, "loss/cl": -101.0}, {"loss/cl"}) is None
