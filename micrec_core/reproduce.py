@@ -9,6 +9,7 @@ beside where the executed chapter would be (removed once the chapter succeeds), 
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -93,10 +94,24 @@ def notebook_parameters(
 
 
 def declared(notebook: Path) -> set[str]:
-    """The names a chapter's parameters cell declares."""
+    """The names a chapter's parameters cell assigns, read as Python reads them; a chapter whose cell papermill
+    cannot parse whole (it skips any line with a second '=', even in a comment or a string) is refused, because
+    papermill would then warn about, or a reader miss, parameters it does not see."""
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    cells = [c for c in json.loads(Path(notebook).read_text())["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook}: needs exactly one cell tagged 'parameters', found {len(cells)}")
+    source = "".join(cells[0]["source"])
+    names = {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign | ast.AnnAssign)
+             for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+             if isinstance(target, ast.Name)}
+    unparsed = names - set(papermill.inspect_notebook(str(notebook)))
+    if unparsed:
+        raise ValueError(f"{notebook}: papermill cannot parse the parameters cell's lines for "
+                         f"{', '.join(sorted(unparsed))} (a second '=' on the line?)")
+    return names
 
 
 def reproduce(
@@ -124,6 +139,10 @@ def reproduce(
     unknown = sorted(set(chapter_params or {}) - set().union(*names.values()))
     if unknown:
         raise ValueError(f"no chapter declares the parameter(s) {', '.join(unknown)}")
+    blind = [source.name for source in sources if raw is not None and not {"raw", "pair"} <= names[source]]
+    if blind:
+        raise ValueError(f"{', '.join(blind)} declare no raw and pair parameters: they would run on the synthetic "
+                         f"default, not on {','.join(pair or ())}")
     given = notebook_parameters(raw, release, pair, seeds, device, out, data, max_epochs, notebooks)
     given |= chapter_params or {}
     target_dir = Path(out) / pair_name(raw, pair)

@@ -75,11 +75,15 @@ def expand(specs: Iterable[str]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(v for _, v in axes))]
 
 
-def sweep_points(text: str) -> list[dict[str, Any]]:
+CHAPTER_SWEEP = "gamma_cl=1,0.01 loss_reduction=mean,sum"  # chapters 6 and 11 when their `sweep` is None
+
+
+def sweep_points(text: str | None) -> list[dict[str, Any]]:
     """The points of a chapter's `sweep` parameter: groups separated by ';', each a product of space-separated
-    `key=v1,v2` settings; the union of the groups' points, each once, in order."""
+    `key=v1,v2` settings; the union of the groups' points, each once, in order. None: `CHAPTER_SWEEP`, the
+    synthetic book's small sweep (a papermill parameters cell cannot hold a default with '=' in it)."""
     points: list[dict[str, Any]] = []
-    for group in text.split(";"):
+    for group in (CHAPTER_SWEEP if text is None else str(text)).split(";"):
         if group.strip():
             points += [p for p in expand(group.split()) if p not in points]
     return points

@@ -103,3 +103,37 @@ def test_chapter_parameters_go_to_the_chapters_that_declare_them(tmp_path: Path)
     records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "runs" / "synthetic").glob("*.params.json")}
     assert "sweep" not in records["01_a.params.json"] and records["02_sweep.params.json"]["sweep"] == "lr=0.1"
     assert not any(str(tmp_path) in json.dumps(r) for r in records.values())
+
+
+def test_the_books_chapters_declare_their_parameters_as_papermill_reads_them() -> None:
+    from micrec_core.reproduce import NOTEBOOKS, declared
+
+    sources = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert len(sources) >= 11
+    for source in sources:
+        assert {"raw", "pair", "release", "out"} <= declared(source), source.name
+
+
+def test_a_parameters_cell_papermill_cannot_parse_whole_is_refused(tmp_path: Path) -> None:
+    from micrec_core.reproduce import declared
+
+    books = chapters(tmp_path, "pass")
+    cell = nbformat.v4.new_code_cell("raw = None  # None = synthetic\nout = ''\nruns = ''")
+    cell.metadata["tags"] = ["parameters"]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, books / "02_b.ipynb")
+    with pytest.raises(ValueError, match=r"02_b.ipynb: papermill cannot parse .* for raw"):
+        declared(books / "02_b.ipynb")
+    with pytest.raises(ValueError, match=r"02_b.ipynb: papermill cannot parse"):
+        reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
+
+
+def test_a_real_pair_is_refused_by_chapters_that_would_not_receive_it(tmp_path: Path) -> None:
+    books = chapters(tmp_path, "pass")  # declares raw but not pair
+    raw = tmp_path / "raw"
+    for name in ("A", "B"):
+        (raw / name).mkdir(parents=True)
+        (raw / name / f"reviews_{name}_5.json.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"01_a.ipynb declare no raw and pair parameters: .* not on A,B"):
+        reproduce(raw=raw, pair=("A", "B"), out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
