@@ -170,13 +170,18 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
-    from micrec_core.reproduce import reproduce
+    from micrec_core.reproduce import reproduce, summary_lines
 
     raw = None if args.raw is None else Path(args.raw)
     chapter_params = dict(_key_value(spec, "--chapter") for spec in args.chapter)
+    started = time.perf_counter()
     done = reproduce(raw, args.release, args.pair, args.seeds, args.device, Path(args.out), Path(args.data),
                      args.max_epochs, chapter_params=chapter_params)
-    _print([str(p) for p in done])
+    folder = done[0].parent
+    print(f"\n{len(done)} chapters in {folder} ({time.perf_counter() - started:.0f} s)", *summary_lines(done),
+          f"open them: .venv/bin/jupyter lab {folder}",
+          f"their book: .venv/bin/jupyter-book build --all . --toc {folder / '_toc.yml'} (into _build/html)",
+          sep="\n")
 
 
 DEVICE_HELP = "auto: a GPU when torch sees one"

@@ -125,6 +125,7 @@ def reproduce(
     max_epochs: int | None = None,
     notebooks: Path = NOTEBOOKS,
     chapter_params: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> list[Path]:
     """Execute every notebooks/NN_*.ipynb for one pair into OUT/<pair>/, skipping those already done.
 
@@ -148,8 +149,8 @@ def reproduce(
     target_dir = Path(out) / pair_name(raw, pair)
     target_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for source in sources:
-        params = {k: v for k, v in given.items() if k in names[source]}
+    for k, source in enumerate(sources):
+        params = {key: v for key, v in given.items() if key in names[source]}
         target = target_dir / source.name
         record = target.with_suffix(".params.json")
         failed = target.with_suffix(".failed.ipynb")
@@ -157,12 +158,13 @@ def reproduce(
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
             continue
-        log.info("%s: executing", source.name)
+        log.info("chapter %d of %d: %s", k + 1, len(sources), source.name)
         with atomic_path(target) as tmp:
             try:
                 papermill.execute_notebook(
-                    str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=False
+                    str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress
                 )
+                _portable_record(tmp, source.name, target.name)
             except Exception as err:
                 reason = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
                 if tmp.stat().st_size == 0:
@@ -174,4 +176,61 @@ def reproduce(
         failed.unlink(missing_ok=True)
         write_json(record, params)
         done.append(target)
+    write_book(target_dir, done)
     return done
+
+
+def _portable_record(notebook: Path, source: str, target: str) -> None:
+    """Record papermill's input and output as the chapters' names, not as paths of this machine."""
+    import nbformat
+
+    executed = nbformat.read(notebook, as_version=4)
+    executed.metadata["papermill"] |= {"input_path": f"notebooks/{source}", "output_path": target}
+    nbformat.write(executed, notebook)
+
+
+def glued(notebook: Path) -> dict[str, str]:
+    """The values a chapter glued (myst_nb.glue), as their text."""
+    values = {}
+    for cell in json.loads(Path(notebook).read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get("application/papermill.record/text/plain")
+            if name and text is not None:
+                values[name] = text.strip("'")
+    return values
+
+
+def write_book(target_dir: Path, chapters: list[Path]) -> Path:
+    """A table of contents for the book of this reproduction (its chapters, beside the equations page), with an
+    index page of its headline numbers: `jupyter-book build --all . --toc <dir>/_toc.yml` builds it."""
+    root = Path(os.path.relpath(Path(target_dir).resolve(), NOTEBOOKS.parent.resolve()))
+    (Path(target_dir) / "index.md").write_text("\n".join([
+        f"# Your reproduction: {Path(target_dir).name}", "",
+        "Executed by `micrec reproduce`; the chapters below are those it wrote, with their stored outputs.", "",
+        *summary_lines(chapters), ""]))
+    lines = ["format: jb-book", f"root: {root.as_posix()}/index", "chapters:", "  - file: book/equations",
+             *(f"  - file: {(root / c.stem).as_posix()}" for c in chapters)]
+    toc = Path(target_dir) / "_toc.yml"
+    toc.write_text("\n".join(lines) + "\n")
+    return toc
+
+
+HEADLINES = {  # chapter -> glued key -> what it says
+    "06_contrastive_scale.ipynb": {"sweep_selected": "validation-selected MICRec configuration",
+                                   "selected_vs_inmo": "its test NDCG@20 against INMO's, %"},
+    "07_results.ipynb": {"micrec_vs_inmo": "MICRec against INMO, mean change of P/R/NDCG@20, %",
+                         "n_models": "models compared"},
+    "11_claims.ipynb": {"claims_summary": "the paper's claims"},
+}
+
+
+def summary_lines(chapters: list[Path]) -> list[str]:
+    """The headline numbers the executed chapters glued, one line each."""
+    lines = []
+    for chapter in chapters:
+        values = glued(chapter) if chapter.is_file() else {}
+        for key, text in HEADLINES.get(chapter.name, {}).items():
+            if key in values:
+                lines.append(f"- {text}: {values[key]} (chapter {chapter.stem})")
+    return lines

@@ -35,6 +35,11 @@ def test_executes_in_order_and_skips_done(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "runs" / "synthetic" / "01_a.params.json").read_text())
     assert record["runs"] == "../runs/synthetic/runs"  # relative to the notebooks, where papermill runs them
     assert set(record) == {"raw", "out", "runs", "device"}  # what the chapter declares, nothing else
+    assert executed.metadata["papermill"]["input_path"] == "notebooks/01_a.ipynb"
+    assert str(tmp_path) not in json.dumps(executed.metadata["papermill"])
+    toc = (tmp_path / "runs" / "synthetic" / "_toc.yml").read_text()
+    assert toc.count("- file:") == 3 and toc.rstrip().endswith("synthetic/02_b")  # equations, then the chapters
+    assert (tmp_path / "runs" / "synthetic" / "index.md").read_text().startswith("# Your reproduction: synthetic")
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
     assert len(log.read_text().splitlines()) == 2  # nothing re-executed
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, device="cuda")
@@ -137,3 +142,14 @@ def test_a_real_pair_is_refused_by_chapters_that_would_not_receive_it(tmp_path: 
         (raw / name / f"reviews_{name}_5.json.gz").write_bytes(b"")
     with pytest.raises(ValueError, match=r"01_a.ipynb declare no raw and pair parameters: .* not on A,B"):
         reproduce(raw=raw, pair=("A", "B"), out=tmp_path / "runs", data=tmp_path / "data", notebooks=books)
+
+
+def test_the_closing_summary_reads_the_numbers_the_chapters_glued(tmp_path: Path) -> None:
+    from micrec_core.reproduce import summary_lines
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    write_notebook(books / "07_results.ipynb", "from myst_nb import glue\nglue('micrec_vs_inmo', -2.5, display=False)")
+    done = reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
+    assert summary_lines(done) == ["- MICRec against INMO, mean change of P/R/NDCG@20, %: -2.5 (chapter 07_results)"]
+    assert "-2.5" in (tmp_path / "runs" / "synthetic" / "index.md").read_text()
