@@ -183,8 +183,13 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write `obj` as indented, key-sorted JSON atomically (stable bytes for equal content)."""
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write `obj` as indented, key-sorted JSON atomically (stable bytes for equal content). Strict JSON only: a
+    NaN or infinity anywhere in `obj` is a ValueError naming the file (no parser of the standard could read it)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: refusing to write a NaN or infinity into JSON ({err})") from err
+    write_bytes(path, (text + "\n").encode())
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -104,8 +104,8 @@ def gradient_ratio(s: Setup, alpha: float, epoch: int) -> float | None:
     def norm(grads: list[torch.Tensor]) -> float:
         return float(torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt())
 
-    below = norm([m for m, _ in shared])
-    return norm([a for _, a in shared]) / below if below > 0 else math.inf
+    below = norm([m for m, _ in shared]) if shared else 0.0
+    return norm([a for _, a in shared]) / below if below > 0 else None  # undefined: no shared gradient to compare
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ folders swapped in whole, one writer of a folder at a time."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -135,3 +136,13 @@ def test_folder_lock_makes_a_second_writer_wait(tmp_path: Path) -> None:
     finally:
         logging.getLogger("micrec.atomic").removeHandler(handler)
     assert order == ["first", "second"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_json_files_are_strict_json(tmp_path: Path, bad: float) -> None:
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=r"metrics.json: refusing to write a NaN or infinity"):
+        write_json(target, {"history": [{"grad_ratio": bad}]})
+    assert not target.exists()
+    write_json(target, {"history": [{"grad_ratio": None}]})
+    assert json.loads(target.read_text(), parse_constant=pytest.fail) == {"history": [{"grad_ratio": None}]}
