@@ -36,6 +36,22 @@ def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], run
     return folders
 
 
+PAPER_MAX_EPOCHS = 1000  # the paper: up to 1000 epochs, early stopping
+
+
+def protocol_note(data_label: str, max_epochs: int, seeds: int) -> str:
+    """What this executed copy of a chapter trained on and how long, generated from its parameters so that the
+    sentence is true in every copy (the synthetic default and each real pair)."""
+    patience = Config().patience
+    if max_epochs >= PAPER_MAX_EPOCHS:
+        budget = f"up to {max_epochs} epochs with early stopping (patience {patience}), the paper's protocol"
+    else:
+        budget = (f"**`max_epochs = {max_epochs}`, not the paper's protocol** (up to {PAPER_MAX_EPOCHS} epochs, "
+                  f"patience {patience}): a run that stops at the cap may not have converged, so the models are "
+                  "compared at a fixed training budget")
+    return f"**This copy** ran on {data_label}, {seeds} training seed{'' if seeds == 1 else 's'}, {budget}."
+
+
 def caption(title: str, provenance: str, stopped: str) -> str:
     """A table's title with the provenance line and how the runs stopped under it."""
     return f"{title}\n  {provenance}\n  {stopped}"

@@ -43,3 +43,12 @@ def test_table2_rows_follow_the_paper_and_the_registry() -> None:
     assert list(TABLE2)[-2:] == ["inmo", "micrec"] and len(TABLE2) == 13
     assert table2_models() == [name for name in TABLE2 if name in REGISTRY]
     assert set(REGISTRY) <= set(TABLE2)
+
+
+def test_the_protocol_note_is_true_for_the_parameters_it_is_given() -> None:
+    from micrec_core.chapters import protocol_note
+
+    capped = protocol_note("SYNTHETIC data", 60, 1)
+    assert "`max_epochs = 60`, not the paper's protocol" in capped and "1 training seed," in capped
+    full = protocol_note("Amazon 2014 data", 1000, 5)
+    assert "the paper's protocol" in full and "not the paper's" not in full and "5 training seeds" in full
