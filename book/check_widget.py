@@ -36,7 +36,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-PAGE = "notebooks/09_similar_users.html"
+PAGE = "notebooks/10_similar_users.html"
 VIEW_CLASS = "micrec-explorer-view"  # the class of every precomputed view of the explorer (notebook 09)
 VENDORED = ("require.js", "widgets_assets.js", "embed-amd.js")  # in this order: RequireJS first
 TEST_FLAG = "micrec-widget-test"
