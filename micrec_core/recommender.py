@@ -122,3 +122,23 @@ class Recommender(nn.Module):
     def domain_prefix(self, d: int) -> str:
         """The state_dict prefix of domain d's own parameters (what a per-domain best epoch keeps)."""
         return f"domains.{d}."
+
+
+class GraphDotScores:
+    """Scores of a graph model whose representations score by dot product (SGL, XSimGCL): validation over the
+    training graph, inference over a graph of E_tr + E_new with every user and item (`_phase` builds it)."""
+
+    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+        """r_u · r_i over E_tr."""
+        r_users, r_items = self.representations(d, alpha, self.train_phases[d])  # type: ignore[attr-defined]
+        return r_users @ r_items.T
+
+    def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Any:
+        """The graph over E_tr + E_new with every user and item."""
+        data = data or self.pair.domains[d]  # type: ignore[attr-defined]
+        return self._phase(data, data.edges_of("train", "new")).to(self.device)  # type: ignore[attr-defined]
+
+    def inference_scores(self, d: int, alpha: float, prepared: Any) -> torch.Tensor:
+        """r_u · r_i over E_tr + E_new."""
+        r_users, r_items = self.representations(d, alpha, prepared)  # type: ignore[attr-defined]
+        return r_users @ r_items.T

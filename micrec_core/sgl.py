@@ -48,7 +48,7 @@ from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, info_nce, reduce
 from micrec_core.model import UNSEEN_INITS, DomainModel, Phase, build_phase, id_rows, xavier_std
 from micrec_core.propagation import entry_edges, propagate, subgraph_adjacency
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import GraphDotScores, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 
 
@@ -81,7 +81,7 @@ class Draws:
 
 
 
-class SGL(Recommender):
+class SGL(GraphDotScores, Recommender):
     """SGL-ED per domain (module docstring): BPR and L_ssl per domain, and the l2 penalty when Config.l2 > 0."""
 
     terms = ("bpr/0", "bpr/1", "ssl/0", "ssl/1", "l2")
@@ -171,21 +171,6 @@ class SGL(Recommender):
     def _phase(self, data: DomainData, edges: torch.Tensor) -> Phase:
         """The normalised graph over `edges` with every user and item of the domain as a node."""
         return build_phase(data, edges, None, None, self.config, data.user_seen, data.item_seen)
-
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
-        """z_u · z_i over E_tr."""
-        r_users, r_items = self.representations(d, alpha, self.train_phases[d])
-        return r_users @ r_items.T
-
-    def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Phase:
-        """The graph over E_tr + E_new with every user and item."""
-        data = data or self.pair.domains[d]
-        return self._phase(data, data.edges_of("train", "new")).to(self.device)
-
-    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
-        """z_u · z_i over E_tr + E_new."""
-        r_users, r_items = self.representations(d, alpha, prepared)
-        return r_users @ r_items.T
 
 
 def _split(reps: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,7 @@ from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, info_nce, reduce
 from micrec_core.model import UNSEEN_INITS, DomainModel, Phase, build_phase, id_rows, xavier_std
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import GraphDotScores, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 
 
@@ -90,7 +90,7 @@ def perturb(e: torch.Tensor, uniform: torch.Tensor, eps: float) -> torch.Tensor:
     return e + eps * F.normalize(uniform, dim=-1) * torch.sign(e)
 
 
-class XSimGCL(Recommender):
+class XSimGCL(GraphDotScores, Recommender):
     """XSimGCL per domain (module docstring): BPR and L_cl per domain, and the l2 penalty when Config.l2 > 0."""
 
     terms = ("bpr/0", "bpr/1", "cl/0", "cl/1", "l2")
@@ -177,18 +177,3 @@ class XSimGCL(Recommender):
         """e_u, e_i of every user and item of domain d over `phase` (no noise)."""
         final, _ = self.encode(d, phase)
         return final[: phase.n_users], final[phase.n_users :]
-
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
-        """e_u · e_i over E_tr."""
-        r_users, r_items = self.representations(d, alpha, self.train_phases[d])
-        return r_users @ r_items.T
-
-    def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Phase:
-        """The graph over E_tr + E_new with every user and item."""
-        data = data or self.pair.domains[d]
-        return self._phase(data, data.edges_of("train", "new")).to(self.device)
-
-    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
-        """e_u · e_i over E_tr + E_new."""
-        r_users, r_items = self.representations(d, alpha, prepared)
-        return r_users @ r_items.T
