@@ -76,7 +76,7 @@ from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.model import ItemModalities, item_modalities
 from micrec_core.propagation import normalized_adjacency, propagate
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import TripletSampler
 from micrec_core.sparse import SparseMatrix
 
@@ -202,9 +202,9 @@ class DomainAlpha(nn.Module):
         return reps[: phase.n_users], reps[phase.n_users :]
 
 
-def cosine_scores(r_users: torch.Tensor, r_items: torch.Tensor) -> torch.Tensor:
-    """eq-alpha-score for every user and item: cos(e_u, e_i)."""
-    return F.normalize(r_users, dim=-1) @ F.normalize(r_items, dim=-1).T
+def cosine_factors(r_users: torch.Tensor, r_items: torch.Tensor) -> Factors:
+    """eq-alpha-score for every user and item, cos(e_u, e_i), as the factors of a dot product: the unit vectors."""
+    return F.normalize(r_users, dim=-1), F.normalize(r_items, dim=-1)
 
 
 def infonce(positive: torch.Tensor, negative: torch.Tensor, tau: float) -> torch.Tensor:
@@ -318,9 +318,9 @@ class AlphaRec(Recommender):
                 l2 = l2 + (ru.pow(2).sum(-1) + rp.pow(2).sum(-1) + rn.pow(2).sum(-1).mean(-1)).mean()
         return torch.stack([*terms, l2])
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """Cosine scores over the training phase (E_tr)."""
-        return cosine_scores(*self.domains[d](self.train_phases[d], self.config.layers))
+        return cosine_factors(*self.domains[d](self.train_phases[d], self.config.layers))
 
     def prepare_inference(self, d: int, data: DomainData | None = None,
                           features: ItemModalities | None = None) -> AlphaPhase:
@@ -339,6 +339,6 @@ class AlphaRec(Recommender):
         """e_u, e_i of every user and item of domain d over `phase`."""
         return self.domains[d](phase, self.config.layers)
 
-    def inference_scores(self, d: int, alpha: float, prepared: AlphaPhase) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: AlphaPhase) -> Factors:
         """Cosine scores over E_tr + E_new."""
-        return cosine_scores(*self.representations(d, alpha, prepared))
+        return cosine_factors(*self.representations(d, alpha, prepared))

@@ -95,7 +95,7 @@ from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, reduce
 from micrec_core.model import _padded
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import _pick
@@ -253,9 +253,9 @@ class DomainIDCF(nn.Module):
         rows = torch.arange(n, device=m.device)
         return torch.cat([self.representations(phase, side, part, m) for part in rows.split(CHUNK)])
 
-    def scores(self, phase: Phase) -> torch.Tensor:
-        """[U, I] p~_u^T q~_i."""
-        return self.everyone(phase, "user") @ self.everyone(phase, "item").T
+    def factors(self, phase: Phase) -> Factors:
+        """p~_u^T q~_i as the factors (p~_u, q~_i) of a dot product."""
+        return self.everyone(phase, "user"), self.everyone(phase, "item")
 
 
 @dataclass
@@ -377,9 +377,9 @@ class IDCF(Recommender):
                 self.domains[d].steps += 1
         return torch.stack([*mf, *bpr, *contrast, *l2])
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """p~_u^T q~_i over the training histories (E_tr)."""
-        return self.domains[d].scores(self.train_phases[d])
+        return self.domains[d].factors(self.train_phases[d])
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: object = None) -> Phase:
         """The histories over E_tr + E_new with every user and item."""
@@ -388,6 +388,6 @@ class IDCF(Recommender):
         return build_phase(data.edges_of("train", "new"), data.n_users, data.n_items, domain.user_key,
                            domain.item_key, self.device)
 
-    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: Phase) -> Factors:
         """p~_u^T q~_i over E_tr + E_new: every user and item (unseen ones included) through the relation models."""
-        return self.domains[d].scores(prepared)
+        return self.domains[d].factors(prepared)

@@ -63,7 +63,7 @@ from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, reduce
 from micrec_core.model import _padded, _seen_map
 from micrec_core.propagation import normalized_adjacency
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.sparse import SparseMatrix
 
@@ -157,10 +157,10 @@ class DomainGAE(nn.Module):
             total = total + h / (layer + 1)
         return total[: graph.n_users], total[graph.n_users :]
 
-    def scores(self, graph: Graph) -> torch.Tensor:
-        """[U, I] s(u, i) = h_u^T Q h_i over `graph`."""
+    def factors(self, graph: Graph) -> Factors:
+        """s(u, i) = h_u^T Q h_i over `graph`, as the factors (h_u^T Q, h_i) of a dot product."""
         users, items = self(graph)
-        return (users @ self.decoder) @ items.T
+        return users @ self.decoder, items
 
 
 @dataclass
@@ -226,15 +226,15 @@ class IMCGAE(Recommender):
         on = self.config.l2 > 0
         return [True, True, on, on]
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """s(u, i) over the training graph (E_tr), no dropout."""
-        return self.domains[d].scores(self.train_graphs[d])
+        return self.domains[d].factors(self.train_graphs[d])
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: object = None) -> Graph:
         """The graph over E_tr + E_new with every user and item."""
         data = data or self.pair.domains[d]
         return build_graph(data.edges_of("train", "new"), data.n_users, data.n_items, self.device)
 
-    def inference_scores(self, d: int, alpha: float, prepared: Graph) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: Graph) -> Factors:
         """s(u, i) over E_tr + E_new: unseen nodes through their shared embeddings (module docstring)."""
-        return self.domains[d].scores(prepared)
+        return self.domains[d].factors(prepared)

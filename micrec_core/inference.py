@@ -3,7 +3,8 @@
 After training, E_new arrives: each model scores every user for every item of a domain from E_tr + E_new with its
 trained parameters (`Recommender.prepare_inference`, `inference_scores`; MICRec rebuilds its template connections,
 modality neighbours and graph over them with the frozen template maps). Each user's E_tr, E_new and E_val items are
-masked and all items of the domain ranked by score.
+masked and all items of the domain ranked by score, a block of users at a time when the model's score is a dot
+product (`Recommender.inference_factors`), so memory is bounded by a block of scores, not by |U| x |I|.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 
 from micrec_core.dataset import DomainData
-from micrec_core.metrics import group_metrics, low_degree_mask, topk_items
+from micrec_core.metrics import block_users, group_metrics, low_degree_mask, score_rows, topk_blocked
 from micrec_core.model import Phase
+from micrec_core.recommender import Factors
 from micrec_core.train import Setup
 
 
@@ -37,14 +39,18 @@ def observed_degree(data: DomainData) -> torch.Tensor:
     return torch.bincount(data.edges_of("train", "new")[1], minlength=data.n_items)
 
 
-def test_metrics(data: DomainData, scores: torch.Tensor, ns: list[int]) -> dict[str, dict[str, Any]]:
-    """Rank all items by `scores` [U, I] with E_tr, E_new and E_val masked; metrics on E_test for every group.
+def test_metrics(
+    data: DomainData, scores: torch.Tensor | Factors, ns: list[int], block_elements: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Rank all items by `scores` ([U, I], masked in place, or factors) with E_tr, E_new and E_val masked, users in
+    blocks of at most `block_elements` (default `metrics.BLOCK_ELEMENTS`) scores; metrics on E_test for every group.
 
     Low-degree items are the bottom 25% of items by E_tr + E_new frequency (ties by item index), paper Table 4.
     """
-    device = scores.device
+    device = (scores if isinstance(scores, torch.Tensor) else scores[0]).device
     known = data.edges_of("train", "new", "val").to(device)
-    top = topk_items(scores, known[0], known[1], min(max(ns), data.n_items), inplace=True)
+    top = topk_blocked(score_rows(scores), data.n_users, data.n_items, known[0], known[1],
+                       min(max(ns), data.n_items), block_users(data.n_items, block_elements))
     test = data.edges["test"].to(device)
     groups = group_metrics(
         top, test[0], test[1], data.n_items, [n for n in ns if n <= top.shape[1]],
@@ -64,22 +70,28 @@ def inference_scores(s: Setup, alphas: list[float], prepared: list[Any] | None =
 
 @torch.no_grad()
 def evaluate_test(
-    s: Setup, alphas: list[float], prepared: list[Any] | None = None
+    s: Setup, alphas: list[float], prepared: list[Any] | None = None, block_elements: int | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Test metrics per domain and group (all, seen/unseen users, seen/unseen items, low-degree items).
 
-    `prepared`: each domain's `model.prepare_inference(d)` when already built, else it is built here.
+    `prepared`: each domain's `model.prepare_inference(d)` when already built, else it is built here. A model with
+    factors is scored `block_elements` scores at a time; one without through its dense [U, I] scores.
     """
-    return {
-        data.name: test_metrics(data, scores, s.config.eval_ns)
-        for data, scores in zip(s.pair.domains, inference_scores(s, alphas, prepared), strict=True)
-    }
+    s.model.eval()
+    results = {}
+    for d, data in enumerate(s.pair.domains):
+        ready = prepared[d] if prepared else s.model.prepare_inference(d)
+        factors = s.model.inference_factors(d, alphas[d], ready)
+        scores = factors if factors is not None else s.model.inference_scores(d, alphas[d], ready)
+        results[data.name] = test_metrics(data, scores, s.config.eval_ns, block_elements)
+    return results
 
 
 def most_popular(data: DomainData, ns: list[int]) -> dict[str, dict[str, Any]]:
-    """The most-popular baseline: every user gets items ranked by their E_tr + E_new frequency."""
+    """The most-popular baseline: every user gets items ranked by their E_tr + E_new frequency (the factors
+    1 x degree, so no [U, I] matrix is held)."""
     degree = observed_degree(data).float()
-    return test_metrics(data, degree.expand(data.n_users, -1).clone(), ns)
+    return test_metrics(data, (torch.ones(data.n_users, 1), degree.unsqueeze(1)), ns)
 
 
 def _extend(data: DomainData, side: str, neighbours: list[str]) -> DomainData:

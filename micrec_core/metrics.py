@@ -4,12 +4,16 @@ The protocol follows INMO's evaluation code: every user is ranked against *all* 
 user's known interactions are set to -inf first, and users with no target in a group are skipped for that
 group. One masked top-k at k = max N is computed once; every group and every N is then read off that single
 top-k with gathers and cumulative sums, so the whole evaluation runs on the GPU with one host sync at the end.
+
+Each user's top-k depends on its own row of scores only, so `topk_blocked` computes the rows of a block of users at a
+time and concatenates their top-k: the same ranking as `topk_items` over the full matrix, with peak memory bounded by
+one block of scores instead of |U| x |I|.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -24,6 +28,8 @@ GROUPS: tuple[str, ...] = (
     "low_degree_items",
 )
 _INDEX_DTYPES = (torch.int64, torch.int32)
+BLOCK_ELEMENTS = 1 << 24  # scores held at once by `topk_blocked` callers: 16 M floats (64 MB in float32)
+Rows = Callable[[int, int], Tensor]
 
 
 def _check_index_vector(name: str, t: Tensor, device: torch.device) -> None:
@@ -101,6 +107,49 @@ def topk_items(
     masked = scores if inplace else scores.clone()
     masked[exclude_users.long(), exclude_items.long()] = float("-inf")
     return torch.topk(masked, k, dim=1, largest=True, sorted=True).indices
+
+
+def score_rows(scores: Tensor | tuple[Tensor, Tensor]) -> Rows:
+    """Rows a..b of dense [U, I] scores (a view: masked in place) or of the product left @ right.T of factors
+    (left [U, k], right [I, k]), computed a block at a time."""
+    if isinstance(scores, Tensor):
+        return lambda a, b: scores[a:b]
+    left, right = scores
+    return lambda a, b: left[a:b] @ right.T
+
+
+def block_users(n_items: int, block_elements: int | None = None) -> int:
+    """Users per block so that a block of scores holds at most `block_elements` (default `BLOCK_ELEMENTS`) values,
+    at least one user."""
+    return max(1, (block_elements or BLOCK_ELEMENTS) // max(1, n_items))
+
+
+def topk_blocked(
+    rows: Callable[[int, int], Tensor], n_users: int, n_items: int, exclude_users: Tensor, exclude_items: Tensor,
+    k: int, block: int,
+) -> Tensor:
+    """`topk_items` over the scores whose rows a..b `rows(a, b)` computes ([b - a, n_items], free to modify), `block`
+    users at a time: the concatenated per-block top-k, identical to one top-k over all rows."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int (users scored at once), got {block!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_items:
+        raise ValueError(f"k must be an int in [1, {n_items}] (the number of items), got {k!r}")
+    device = exclude_users.device
+    _check_pairs("exclude", exclude_users, exclude_items, device)
+    _check_range([("exclude_users", exclude_users, n_users), ("exclude_items", exclude_items, n_items)])
+    order = torch.argsort(exclude_users, stable=True)
+    users, items = exclude_users[order].long(), exclude_items[order].long()
+    starts = torch.searchsorted(users, torch.arange(0, n_users + block, block, device=device)).tolist()
+    tops = []
+    for b, first in enumerate(range(0, n_users, block)):
+        last = min(first + block, n_users)
+        scores = rows(first, last)
+        if scores.shape != (last - first, n_items):
+            raise ValueError(f"rows({first}, {last}) gave shape {tuple(scores.shape)}, not {(last - first, n_items)}")
+        lo, hi = starts[b], starts[b + 1]
+        scores[users[lo:hi] - first, items[lo:hi]] = float("-inf")
+        tops.append(torch.topk(scores, k, dim=1, largest=True, sorted=True).indices)
+    return torch.cat(tops) if tops else torch.zeros(0, k, dtype=torch.long, device=device)
 
 
 def _evaluate(

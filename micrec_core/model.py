@@ -24,7 +24,7 @@ from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import TERMS, LossInputs, Projector, gather, loss_terms, term_weights
 from micrec_core.propagation import normalized_adjacency, propagate
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
 from micrec_core.sparse import SparseMatrix
@@ -361,10 +361,9 @@ class MICRecFamily(Recommender):
             cl_users = (gather(inputs[0].r_users, chosen[:, 0]), gather(inputs[1].r_users, chosen[:, 1]))
         return loss_terms(c, self.tau, inputs, cl_users, lambda d, r: self.projectors[d](r))
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """r_u · r_i over the training phase."""
-        r_users, r_items = self.domains[d](self.train_phases[d], self.config.layers, alpha)
-        return r_users @ r_items.T
+        return self.domains[d](self.train_phases[d], self.config.layers, alpha)
 
     def prepare_inference(self, d: int, data: DomainData | None = None,
                           features: ItemModalities | None = None) -> Phase:
@@ -386,10 +385,9 @@ class MICRecFamily(Recommender):
         """r_u, r_i of every user and item of domain d over `phase`."""
         return self.domains[d](phase, self.config.layers, alpha)
 
-    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: Phase) -> Factors:
         """r_u · r_i over E_tr + E_new."""
-        r_users, r_items = self.representations(d, alpha, prepared)
-        return r_users @ r_items.T
+        return self.representations(d, alpha, prepared)
 
 
 def alpha_at(epoch: int) -> float:

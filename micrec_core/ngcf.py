@@ -46,7 +46,7 @@ from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import bpr_loss, gather, reduce
 from micrec_core.model import UNSEEN_INITS, Phase, _seen_map, build_phase, id_rows, xavier_std
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import Triple, TripletSampler
 from micrec_core.sparse import SparseMatrix
 
@@ -184,10 +184,9 @@ class NGCF(Recommender):
         """The normalised graph over `edges` with every user and item of the domain as a node."""
         return build_phase(data, edges, None, None, self.config, data.user_seen, data.item_seen)
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """e*_u · e*_i over E_tr (no dropout)."""
-        r_users, r_items = self.encode(d, self.train_phases[d])
-        return r_users @ r_items.T
+        return self.encode(d, self.train_phases[d])
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Phase:
         """The graph over E_tr + E_new with every user and item."""
@@ -198,8 +197,7 @@ class NGCF(Recommender):
         """e*_u, e*_i of every user and item of domain d over `phase` (no dropout)."""
         return self.encode(d, phase)
 
-    def inference_scores(self, d: int, alpha: float, prepared: Phase) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: Phase) -> Factors:
         """e*_u · e*_i over E_tr + E_new (Eq. 10)."""
-        r_users, r_items = self.representations(d, alpha, prepared)
-        return r_users @ r_items.T
+        return self.representations(d, alpha, prepared)
 

@@ -14,6 +14,10 @@ two domains elsewhere) and whatever it precomputes from the training data (graph
 - `prepare_inference(d, data, features)` then `inference_scores(d, alpha, prepared)`: after training, E_new arrives,
   and the model scores every user, seen or not, for every item, seen or not, from E_tr + E_new without a gradient
   step. How an unseen user or item is met is the model's to say (its module docstring says how);
+- a model whose score is a dot product (a bilinear form) gives `validation_factors` and `inference_factors` instead
+  of the two score methods: `Factors` (left [U, k], right [I, k]) with scores left @ right.T. Evaluation then scores
+  users in blocks (`metrics.topk_blocked`), so its memory is bounded by a block, not by |U| x |I|; a model without
+  factors is scored through its dense [U, I] matrix;
 - `notes()`: anything a reader of the results must know about how the model met the data (a fallback taken, e.g.
   for items without text), written into the run's metrics.json as `model_notes`.
 
@@ -34,6 +38,16 @@ from torch import nn
 
 from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
+
+Factors = tuple[torch.Tensor, torch.Tensor]
+
+
+def dense(factors: Factors | None) -> torch.Tensor:
+    """The [U, I] scores left @ right.T of `factors` (a model that gives neither factors nor scores is incomplete)."""
+    if factors is None:
+        raise NotImplementedError("the model gives neither scores nor factors")
+    left, right = factors
+    return left @ right.T
 
 
 class Recommender(nn.Module):
@@ -101,18 +115,26 @@ class Recommender(nn.Module):
         """The unweighted loss terms ([len(terms)]) of one step's draws."""
         raise NotImplementedError
 
+    def validation_factors(self, d: int, alpha: float) -> Factors | None:
+        """(left, right) whose product left @ right.T is `validation_scores`; None when the score is no dot product."""
+        return None
+
     def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
         """[U, I] scores of domain d from the training graph (E_tr only), for validation."""
-        raise NotImplementedError
+        return dense(self.validation_factors(d, alpha))
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Any:
         """What scoring domain d over E_tr + E_new needs (built once, reused by `inference_scores`); `data` and
         `features` replace the pair's domain and its item features (e.g. with a brand-new user added)."""
         return data or self.pair.domains[d]
 
+    def inference_factors(self, d: int, alpha: float, prepared: Any) -> Factors | None:
+        """(left, right) whose product left @ right.T is `inference_scores`; None when the score is no dot product."""
+        return None
+
     def inference_scores(self, d: int, alpha: float, prepared: Any) -> torch.Tensor:
         """[U, I] scores of every user for every item of domain d after E_new arrived, without retraining."""
-        raise NotImplementedError
+        return dense(self.inference_factors(d, alpha, prepared))
 
     def notes(self) -> dict[str, Any]:
         """What a reader of the run's results must know about how the model met its data (e.g. a fallback it took
@@ -128,17 +150,15 @@ class GraphDotScores:
     """Scores of a graph model whose representations score by dot product (SGL, XSimGCL): validation over the
     training graph, inference over a graph of E_tr + E_new with every user and item (`_phase` builds it)."""
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """r_u · r_i over E_tr."""
-        r_users, r_items = self.representations(d, alpha, self.train_phases[d])  # type: ignore[attr-defined]
-        return r_users @ r_items.T
+        return self.representations(d, alpha, self.train_phases[d])  # type: ignore[attr-defined]
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> Any:
         """The graph over E_tr + E_new with every user and item."""
         data = data or self.pair.domains[d]  # type: ignore[attr-defined]
         return self._phase(data, data.edges_of("train", "new")).to(self.device)  # type: ignore[attr-defined]
 
-    def inference_scores(self, d: int, alpha: float, prepared: Any) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: Any) -> Factors:
         """r_u · r_i over E_tr + E_new."""
-        r_users, r_items = self.representations(d, alpha, prepared)  # type: ignore[attr-defined]
-        return r_users @ r_items.T
+        return self.representations(d, alpha, prepared)  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ import torch
 from micrec_core.atomic import atomic_path
 from micrec_core.config import MAX_SEED, Config
 from micrec_core.dataset import PairData, dataset_sha256
-from micrec_core.metrics import ranking_metrics, topk_items
+from micrec_core.metrics import Rows, block_users, ranking_metrics, score_rows, topk_blocked
 from micrec_core.model import ItemModalities, alpha_at
 from micrec_core.provenance import code_sha256
 from micrec_core.recommender import Recommender
@@ -114,10 +114,18 @@ def validate(s: Setup, alpha: float) -> list[float]:
     s.model.eval()
     scores_out = []
     for d, data in enumerate(s.pair.domains):
-        scores = s.model.validation_scores(d, alpha)
-        scores[:, ~data.item_seen.to(s.device)] = -torch.inf
+        factors = s.model.validation_factors(d, alpha)
+        rows = score_rows(factors if factors is not None else s.model.validation_scores(d, alpha))
+        unseen = ~data.item_seen.to(s.device)
+
+        def masked(a: int, b: int, rows: Rows = rows, unseen: torch.Tensor = unseen) -> torch.Tensor:
+            block = rows(a, b)
+            block[:, unseen] = -torch.inf
+            return block
+
         train = data.edges["train"].to(s.device)
-        top = topk_items(scores, train[0], train[1], s.config.val_n, inplace=True)
+        top = topk_blocked(masked, data.n_users, data.n_items, train[0], train[1], s.config.val_n,
+                           block_users(data.n_items))
         val = data.edges["val"].to(s.device)
         result = ranking_metrics(top, val[0], val[1], data.n_items, ns=(s.config.val_n,))
         scores_out.append(result[f"ndcg@{s.config.val_n}"])

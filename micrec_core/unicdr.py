@@ -80,7 +80,7 @@ from torch import nn
 from micrec_core.config import Config
 from micrec_core.dataset import DomainData, PairData
 from micrec_core.losses import reduce
-from micrec_core.recommender import Recommender
+from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import TripletSampler
 
 AGGREGATORS = ("user_attention", "mean")
@@ -467,17 +467,17 @@ class UniCDR(Recommender):
         shared = mix(self.lambda_a, shared_ids, self.shared_aggregator(shared_ids, shared_items, shared_rows))
         return specific + shared
 
-    def scores(self, d: int, visible: list[torch.Tensor], n_users: int, n_items: list[int],
-               links: torch.Tensor) -> torch.Tensor:
-        """[n_users, n_items] scores r_u · v_i (unseen items: the mean item row)."""
+    def factors(self, d: int, visible: list[torch.Tensor], n_users: int, n_items: list[int],
+                links: torch.Tensor) -> Factors:
+        """Scores r_u · v_i as the factors (r_u, v_i) (unseen items: the mean item row)."""
         r = self.user_representations(d, visible, n_users, n_items, links)
-        return r @ rows_or_mean(self.domains[d].items, self.item_maps[d], n_items[d]).T
+        return r, rows_or_mean(self.domains[d].items, self.item_maps[d], n_items[d])
 
-    def validation_scores(self, d: int, alpha: float) -> torch.Tensor:
+    def validation_factors(self, d: int, alpha: float) -> Factors:
         """Scores over E_tr (both domains' training edges visible)."""
         data = self.pair.domains
         visible = [x.edges["train"].to(self.device) for x in data]
-        return self.scores(d, visible, data[d].n_users, [x.n_items for x in data], self.links[d])
+        return self.factors(d, visible, data[d].n_users, [x.n_items for x in data], self.links[d])
 
     def prepare_inference(self, d: int, data: DomainData | None = None, features: Any = None) -> dict[str, Any]:
         """Both domains' E_tr + E_new edges (domain d's from `data` when given, e.g. with a brand-new user), the
@@ -492,9 +492,9 @@ class UniCDR(Recommender):
         return {"visible": visible, "n_users": data.n_users, "n_items": n_items,
                 "links": cross_links(data.user_ids, other.user_ids).to(self.device)}
 
-    def inference_scores(self, d: int, alpha: float, prepared: dict[str, Any]) -> torch.Tensor:
+    def inference_factors(self, d: int, alpha: float, prepared: dict[str, Any]) -> Factors:
         """Scores of every user for every item of domain d from E_tr + E_new, without retraining."""
-        return self.scores(d, prepared["visible"], prepared["n_users"], prepared["n_items"], prepared["links"])
+        return self.factors(d, prepared["visible"], prepared["n_users"], prepared["n_items"], prepared["links"])
 
 
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from micrec_core import alpharec
-from micrec_core.alpharec import DomainAlpha, build_phase, cosine_scores, infonce_loss
+from micrec_core.alpharec import DomainAlpha, build_phase, cosine_factors, infonce_loss
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
 from micrec_core.inference import inference_scores, recommend_new
 from micrec_core.model import ItemModalities
+from micrec_core.recommender import dense
 from micrec_core.train import domain_alphas, setup, train, train_step
 from tests.conftest import random_features
 
@@ -104,7 +105,7 @@ def test_item_mlp_user_mean_and_one_propagation_layer_by_hand() -> None:
     torch.testing.assert_close(r_users, expected_u)
     torch.testing.assert_close(r_items, expected_i)
     # eq-alpha-score: cosine
-    scores = cosine_scores(r_users, r_items)
+    scores = dense(cosine_factors(r_users, r_items))
     u, i = expected_u[1], expected_i[0]
     torch.testing.assert_close(scores[1, 0], (u @ i) / (u.norm() * i.norm()))
 

@@ -15,6 +15,8 @@ from micrec_core.metrics import (
     group_metrics,
     low_degree_mask,
     ranking_metrics,
+    score_rows,
+    topk_blocked,
     topk_items,
 )
 
@@ -201,6 +203,30 @@ def test_topk_does_not_mutate_scores_unless_inplace() -> None:
     assert torch.equal(topk_items(scores, users, items, k=3, inplace=True), top)
     assert torch.isneginf(scores[users, items]).all()
     assert torch.isneginf(scores).sum() == 3
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 40, 1000])
+def test_topk_in_blocks_of_users_equals_one_topk(block: int) -> None:
+    gen = torch.Generator().manual_seed(block)
+    left, right = torch.randn(40, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    scores = left @ right.T
+    scores[5] = scores[6]  # ties inside a row are broken as torch.topk breaks them, row by row
+    users, items = torch.randint(0, 40, (200,), generator=gen), torch.randint(0, 30, (200,), generator=gen)
+    expected = topk_items(scores, users, items, 10)
+    assert torch.equal(topk_blocked(score_rows(scores.clone()), 40, 30, users, items, 10, block), expected)
+    assert torch.equal(topk_blocked(score_rows((left, right)), 40, 30, users, items, 10, block),
+                       topk_items(left @ right.T, users, items, 10))
+
+
+def test_topk_in_blocks_refuses_a_bad_block_or_row_shape() -> None:
+    rows = score_rows(torch.zeros(4, 5))
+    none = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="block must be a positive int"):
+        topk_blocked(rows, 4, 5, none, none, 2, 0)
+    with pytest.raises(ValueError, match=r"rows\(0, 2\) gave shape"):
+        topk_blocked(lambda a, b: torch.zeros(b - a, 4), 4, 5, none, none, 2, 2)
+    with pytest.raises(ValueError, match="k must be an int"):
+        topk_blocked(rows, 4, 5, none, none, 6, 2)
 
 
 def test_low_degree_mask_tie_rule() -> None:

@@ -12,9 +12,10 @@ import torch
 
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
+from micrec_core import inference, metrics
 from micrec_core.inference import evaluate_test, inference_scores
 from micrec_core.registry import REGISTRY, model_class
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, train
+from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, validate
 from tests.conftest import random_features
 from tests.test_training import _perturbed, _perturbed_unseen_features
 
@@ -65,3 +66,20 @@ def test_a_model_s_own_parameters_are_resolved_and_checked(name: str) -> None:
     assert config.params == cls.resolve_params({})
     with pytest.raises(ValueError, match="--param"):
         tiny(name, params={"no_such_parameter": 1})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluation_in_blocks_of_users_ranks_as_the_dense_matrix_does(tiny_pair: PairData, name: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    s = setup(tiny_pair, tiny(name), random_features(tiny_pair))
+    state = train(s)
+    alphas = domain_alphas(s, state)
+    whole = {data.name: inference.test_metrics(data, scores, s.config.eval_ns, block_elements=data.n_users * data.n_items)
+             for data, scores in zip(tiny_pair.domains, inference_scores(s, alphas), strict=True)}
+    n_items = tiny_pair.domains[0].n_items
+    for elements in (1, 7 * n_items, 10**9):  # one user per block, seven, all at once
+        assert evaluate_test(s, alphas, block_elements=elements) == whole
+    alpha = state.history[-1]["alpha"]
+    at_once = validate(s, alpha)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1)
+    assert validate(s, alpha) == at_once
