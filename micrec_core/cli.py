@@ -159,7 +159,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
         jobs=args.jobs, threads=args.threads, together=together, graph=graph, device=args.device,
         deadline=None if args.stop_after is None else time.time() + args.stop_after, settings=expand(args.set),
-        force=args.force, **_config_overrides(args),
+        force=args.force, executor=args.executor, ray_address=args.ray_address, **_config_overrides(args),
     )
     _print([str(f) for f in folders])
     diverged = failures(folders)
@@ -266,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
     grid.add_argument("--jobs", type=int, default=1, help="cells (unions or single runs) trained at once, one "
-                      "process each")
+                      "process each (with --executor ray: cells sharing each GPU)")
+    grid.add_argument("--executor", choices=("local", "ray"), default="local",
+                      help="local: processes of this machine; ray: one Ray task per cell (pip install -e '.[ray]'), "
+                      "RUNS on a filesystem every Ray node sees at the same path")
+    grid.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                      help="with --executor ray: the Ray cluster to run on (default: a local Ray of JOBS x THREADS "
+                      "CPUs for this call)")
     grid.add_argument("--together", default="auto", choices=("auto", "yes", "no"),
                       help="train runs that can share a union graph as one model (auto: on a GPU)")
     grid.add_argument("--graph", default="auto", choices=("auto", "yes", "no"),

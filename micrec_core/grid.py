@@ -40,6 +40,7 @@ from micrec_core.registry import REGISTRY, model_class
 from micrec_core.train import CHECKPOINT, TrainingDiverged, pick_device, stop_reason
 
 log = logging.getLogger("micrec.grid")
+EXECUTORS = ("local", "ray")
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "micrec": ("micrec", None),
     "no-mm": ("micrec", "no-mm"),
@@ -142,7 +143,7 @@ def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
     jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
     graph: bool | None = None, need_model: bool = False, settings: Sequence[Mapping[str, Any]] | None = None,
-    force: bool = False, **overrides: Any,
+    force: bool = False, executor: str = "local", ray_address: str | None = None, **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, setting, seed) not already finished; returns the run folders in that order.
 
@@ -151,7 +152,11 @@ def run_grid(
     together: every run that can share a union graph with others (`batched.union_key`: all seeds of MICRec, its
     ablations and INMO; LightGCN's seeds) trains in one (the same function as alone, tested); None = on a GPU
     only, where a step waits on kernel launches (on a CPU arithmetic bounds a step: bench/RESULTS.md).
-    jobs: cells (unions, or single runs) trained at once, one process each.
+    jobs: cells (unions, or single runs) trained at once, one process each; with the Ray executor, the cells
+    sharing a GPU (each task declares 1/jobs of one).
+    executor: "local" (processes of this machine) or "ray" (one Ray task per cell, `micrec_core.ray_executor`:
+    on the cluster at `ray_address`, else on a local Ray of jobs x threads CPUs started for this call); the run
+    folders must then be on a filesystem every Ray worker sees at the same path.
     need_model: retrain a finished run whose model.pt is missing (for callers that load the model).
     graph: replay each epoch's union steps from a CUDA graph (`batched.epoch_steps`, checked against the plain path
     by bench/check_fast_path.py --graph); None = wherever `together` is on and the device is CUDA.
@@ -164,6 +169,8 @@ def run_grid(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     cuda = pick_device(overrides.get("device", "auto")).type == "cuda"
     together = cuda if together is None else together
     graph = together and cuda if graph is None else graph
@@ -188,7 +195,12 @@ def run_grid(
                 cells.setdefault(key, ([], []))
                 cells[key][0].append(config)
                 cells[key][1].append(folder)
-    if jobs == 1:
+    if executor == "ray":
+        from micrec_core.ray_executor import run_cells
+
+        run_cells(_train_cell, list(cells.values()), threads, deadline, graph, gpus=1 / jobs if cuda else 0.0,
+                  address=ray_address, cpus=jobs * (threads or 1))
+    elif jobs == 1:
         for configs, cell_folders in cells.values():
             _train_cell(configs, cell_folders, threads, progress, deadline, graph)
     else:

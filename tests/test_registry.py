@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from micrec_core import inference, metrics
 from micrec_core.config import Config
 from micrec_core.dataset import PairData
-from micrec_core import inference, metrics
 from micrec_core.inference import evaluate_test, inference_scores
 from micrec_core.registry import REGISTRY, model_class
 from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, validate
@@ -74,7 +74,7 @@ def test_evaluation_in_blocks_of_users_ranks_as_the_dense_matrix_does(tiny_pair:
     s = setup(tiny_pair, tiny(name), random_features(tiny_pair))
     state = train(s)
     alphas = domain_alphas(s, state)
-    whole = {data.name: inference.test_metrics(data, scores, s.config.eval_ns, block_elements=data.n_users * data.n_items)
+    whole = {data.name: inference.test_metrics(data, scores, s.config.eval_ns, data.n_users * data.n_items)
              for data, scores in zip(tiny_pair.domains, inference_scores(s, alphas), strict=True)}
     n_items = tiny_pair.domains[0].n_items
     for elements in (1, 7 * n_items, 10**9):  # one user per block, seven, all at once
