@@ -13,6 +13,7 @@ import ast
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def reproduce(
                 papermill.execute_notebook(
                     str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress
                 )
-                _portable_record(tmp, source.name, target.name)
+                _portable_record(tmp, source.name, target.name, label_prefix(target_dir.name))
             except Exception as err:
                 reason = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
                 if tmp.stat().st_size == 0:
@@ -180,13 +181,32 @@ def reproduce(
     return done
 
 
-def _portable_record(notebook: Path, source: str, target: str) -> None:
-    """Record papermill's input and output as the chapters' names, not as paths of this machine."""
+def _portable_record(notebook: Path, source: str, target: str, prefix: str) -> None:
+    """Record papermill's input and output as the chapters' names, not as paths of this machine, and make the
+    copy's figure labels its own (`own_labels`)."""
     import nbformat
 
     executed = nbformat.read(notebook, as_version=4)
     executed.metadata["papermill"] |= {"input_path": f"notebooks/{source}", "output_path": target}
+    own_labels(executed, prefix)
     nbformat.write(executed, notebook)
+
+
+def label_prefix(pair_folder: str) -> str:
+    """The prefix of a pair's figure labels: its folder name, lower case, words joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", pair_folder.lower()).strip("-")
+
+
+def own_labels(notebook: Any, prefix: str) -> None:
+    """Give a chapter copy figure labels of its own, so that one book holds several copies of a chapter: each code
+    cell's figure name (`metadata.mystnb.figure.name`, `fig-...`) and each {numref} of one in the markdown cells
+    becomes `<prefix>-fig-...`."""
+    for cell in notebook.cells:
+        figure = cell.metadata.get("mystnb", {}).get("figure", {})
+        if figure.get("name", "").startswith("fig-"):
+            figure["name"] = f"{prefix}-{figure['name']}"
+        if cell.cell_type == "markdown":
+            cell.source = re.sub(r"\{numref\}`(fig-[^`]+)`", rf"{{numref}}`{prefix}-\1`", cell.source)
 
 
 def glued(notebook: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from micrec_core.reproduce import reproduce
+from micrec_core.reproduce import label_prefix, own_labels, reproduce
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -153,3 +153,15 @@ def test_the_closing_summary_reads_the_numbers_the_chapters_glued(tmp_path: Path
     done = reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
     assert summary_lines(done) == ["- MICRec against INMO, mean change of P/R/NDCG@20, %: -2.5 (chapter 07_results)"]
     assert "-2.5" in (tmp_path / "runs" / "synthetic" / "index.md").read_text()
+
+
+def test_a_chapter_copy_gets_figure_labels_of_its_own() -> None:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("As {numref}`fig-degrees` shows, and {eq}`eq-bpr` says."),
+        nbformat.v4.new_code_cell("plot()", metadata={"mystnb": {"figure": {"name": "fig-degrees", "caption": "c"}}}),
+    ])
+    prefix = label_prefix("Toys_and_Games_Video_Games")
+    own_labels(nb, prefix)
+    assert prefix == "toys-and-games-video-games"
+    assert nb.cells[0].source == "As {numref}`toys-and-games-video-games-fig-degrees` shows, and {eq}`eq-bpr` says."
+    assert nb.cells[1].metadata["mystnb"]["figure"]["name"] == "toys-and-games-video-games-fig-degrees"
