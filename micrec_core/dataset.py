@@ -12,6 +12,11 @@ interactions, repeated until stable. Then, seeded: each user's interactions are 
 
 The overlapping users U_o of a pair are the users seen in both domains (the anchors of the contrastive loss).
 
+Reading: by default a domain's reviews stream through pyarrow (:mod:`micrec_core.columnar`, only the id, rating and
+time columns) and are filtered on integer codes (:func:`filter_columns`); ``engine="python"`` reads them with the line
+reader of :mod:`micrec_core.amazon` and filters them with pandas (:func:`filter_domain`), the reference that builds
+the same tables, stats and manifest byte for byte.
+
 Ratings: where some interactions of a domain have a rating and others none, the rating filter drops the rated ones
 below `min_rating` and keeps the unrated ones (the manifest counts them); it is skipped only where none has one.
 
@@ -39,7 +44,7 @@ import os
 import shutil
 import subprocess
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,7 @@ from micrec_core.atomic import (
     sha256_file,
     write_json,
 )
+from micrec_core.columnar import ReviewColumns, scan_reviews
 from micrec_core.synth import DOMAINS, synthesize
 
 log = logging.getLogger("micrec.dataset")
@@ -111,15 +117,7 @@ def filter_domain(
         steps.append({"step": f"rating >= {params.min_rating:g}", **_counts(frame)})
         if unrated:
             steps[-1]["unrated_kept"] = unrated
-            warnings.append(
-                f"{domain}: {unrated} of {len(rated)} interactions have no rating; they are kept, the rating >= "
-                f"{params.min_rating:g} filter applies to the others"
-            )
-    else:
-        warnings.append(
-            f"{domain}: rating >= {params.min_rating:g} filter skipped: {unrated} of {len(frame)} "
-            "interactions have no rating"
-        )
+    warnings.extend(_rating_warnings(domain, unrated, len(rated), params.min_rating))
     _require_nonempty(frame, domain, steps[-1]["step"])
     rounds = 0
     while True:
@@ -136,9 +134,62 @@ def filter_domain(
     return frame.reset_index(drop=True), steps, warnings
 
 
-def _require_nonempty(frame: pd.DataFrame, domain: str, step: str) -> None:
+def _rating_warnings(domain: str, unrated: int, total: int, min_rating: float) -> list[str]:
+    """The warnings of the rating filter step for `unrated` of `total` interactions without a rating."""
+    if unrated == total:
+        return [f"{domain}: rating >= {min_rating:g} filter skipped: {unrated} of {total} interactions have no rating"]
+    if unrated:
+        return [f"{domain}: {unrated} of {total} interactions have no rating; they are kept, the rating >= "
+                f"{min_rating:g} filter applies to the others"]
+    return []
+
+
+def _code_counts(users: np.ndarray, items: np.ndarray) -> dict[str, int]:
+    """Users, items and interactions of coded interaction columns."""
+    return {
+        "users": int(np.count_nonzero(np.bincount(users))),
+        "items": int(np.count_nonzero(np.bincount(items))),
+        "interactions": len(users),
+    }
+
+
+def filter_columns(
+    reviews: ReviewColumns, domain: str, params: SplitParams
+) -> tuple[pd.DataFrame, list[dict[str, Any]], list[str]]:
+    """:func:`filter_domain` on coded columns (vectorised, for the arrow engine): the same frame (without the
+    timestamp column, which nothing downstream reads), steps and warnings."""
+    users, items, rating = reviews.users, reviews.items, reviews.rating
+    rows = np.arange(len(users))
+    steps: list[dict[str, Any]] = [{"step": "raw", **_code_counts(users, items)}]
+    pair = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
+    rows = rows[~pd.Series(pair).duplicated(keep="first").to_numpy()]
+    steps.append({"step": "deduplicate (user, item)", **_code_counts(users[rows], items[rows])})
+    rated = ~np.isnan(rating[rows])
+    unrated = int((~rated).sum())
+    if rated.any():
+        rows = rows[~rated | (rating[rows] >= params.min_rating)]
+        steps.append({"step": f"rating >= {params.min_rating:g}", **_code_counts(users[rows], items[rows])})
+        if unrated:
+            steps[-1]["unrated_kept"] = unrated
+    warnings = _rating_warnings(domain, unrated, len(rated), params.min_rating)
+    _require_nonempty(rows, domain, steps[-1]["step"])
+    rounds = 0
+    while True:
+        user_deg, item_deg = np.bincount(users[rows]), np.bincount(items[rows])
+        keep = (user_deg[users[rows]] > params.min_count) & (item_deg[items[rows]] > params.min_count)
+        if keep.all():
+            break
+        rows = rows[keep]
+        rounds += 1
+        _require_nonempty(rows, domain, f"more than {params.min_count} interactions (round {rounds})")
+    steps.append({"step": f"users and items with > {params.min_count} interactions ({rounds} rounds)",
+                  **_code_counts(users[rows], items[rows])})
+    return reviews.frame(rows), steps, warnings
+
+
+def _require_nonempty(frame: pd.DataFrame | np.ndarray, domain: str, step: str) -> None:
     """Fail with a message naming the domain and the step that emptied it."""
-    if frame.empty:
+    if not len(frame):
         raise EmptyDomainError(f"domain {domain!r} has no interactions left after the filter step: {step}")
 
 
@@ -318,6 +369,14 @@ def _keep_features(old: Path, new: Path, domains: Iterable[str]) -> None:
             shutil.copytree(old / part, new / part, copy_function=os.link)
 
 
+# How a build reads and filters reviews: arrow (micrec_core.columnar) by default; python (the line reader and pandas)
+# is the reference that tests and the benchmark hold arrow to.
+ENGINES: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "arrow": (scan_reviews, filter_columns),
+    "python": (read_reviews, filter_domain),
+}
+
+
 def build_dataset(
     raw: Path,
     pair: tuple[str, str],
@@ -325,16 +384,20 @@ def build_dataset(
     release: str = "2014",
     params: SplitParams | None = None,
     skip_bad_lines: bool = False,
+    engine: str = "arrow",
 ) -> dict[str, Any]:
     """Build a cross-domain inductive dataset for a pair of categories into `out` (atomically, one build at a time);
-    returns stats.json's content."""
+    returns stats.json's content. Every engine (:data:`ENGINES`) builds the same dataset."""
     _check_pair(pair)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     with folder_lock(out):
-        return _build(Path(raw), pair, Path(out), release, params or SplitParams(), skip_bad_lines)
+        return _build(Path(raw), pair, Path(out), release, params or SplitParams(), skip_bad_lines, engine)
 
 
 def _build(
-    raw: Path, pair: tuple[str, str], out: Path, release: str, params: SplitParams, skip_bad_lines: bool
+    raw: Path, pair: tuple[str, str], out: Path, release: str, params: SplitParams, skip_bad_lines: bool,
+    engine: str = "arrow",
 ) -> dict[str, Any]:
     """build_dataset's work, with the lock on `out` held."""
     _expected_layout(out)
@@ -359,11 +422,12 @@ def _build(
         if reviews_path is None:
             raise FileNotFoundError(f"no {release} reviews file for domain {domain!r} under {raw} (or {raw / domain})")
         meta_path = find_file(raw, domain, release, "meta")
-        reviews, review_report = read_reviews(reviews_path, release, skip_bad_lines)
+        read, filter_reviews = ENGINES[engine]
+        reviews, review_report = read(reviews_path, release, skip_bad_lines)
         meta, meta_report = (None, None) if meta_path is None else read_meta(meta_path, release, skip_bad_lines)
         if meta_path is None:
             manifest["warnings"].append(f"{domain}: no metadata file found; items have no text")
-        filtered, steps, warnings = filter_domain(reviews, domain, params)
+        filtered, steps, warnings = filter_reviews(reviews, domain, params)
         splits[domain] = inductive_split(filtered, domain, params)
         metas[domain] = (meta_path, meta)
         manifest["warnings"] += warnings
