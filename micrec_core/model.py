@@ -26,7 +26,7 @@ from micrec_core.losses import TERMS, LossInputs, Projector, gather, loss_terms,
 from micrec_core.propagation import normalized_adjacency, propagate
 from micrec_core.recommender import Factors, Recommender
 from micrec_core.sampling import Triple, TripletSampler
-from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
+from micrec_core.similarity import top_k_similar, user_features
 from micrec_core.sparse import SparseMatrix
 from micrec_core.templates import Templates, connections, edge_keep, select_templates, template_representation
 
@@ -77,11 +77,7 @@ def neighbours(
     n = len(feats.text_mask)
     if not (feats.text_mask.any() or feats.image_mask.any()):  # no usable modality at all: no neighbours
         return torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k, dtype=torch.bool)
-    sim = modality_similarity(
-        feats.text, feats.text_mask, feats.image, feats.image_mask,
-        feats.text, feats.text_mask, feats.image, feats.image_mask, w=w,
-    )
-    return top_k_neighbours(sim, k, candidates, exclude_self=True)
+    return top_k_similar(feats.text, feats.text_mask, feats.image, feats.image_mask, k, candidates, w=w)
 
 
 def user_modalities(edges: torch.Tensor, n_users: int, items: ItemModalities) -> ItemModalities:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 DEFAULT_CHUNK = 2048
+SIMILARITY_BUDGET = 1 << 26  # similarities held at once by `top_k_similar` (256 MB in float32)
 
 
 def _check_mask(mask: Tensor, rows: int, name: str) -> None:
@@ -157,13 +158,14 @@ def _lowest_index_top_k(scores: Tensor, kth: Tensor, k: int) -> Tensor:
 
 
 def top_k_neighbours(
-    sim: Tensor, k: int, candidates: Tensor, exclude_self: bool, chunk_size: int = DEFAULT_CHUNK
+    sim: Tensor, k: int, candidates: Tensor, exclude_self: bool, chunk_size: int = DEFAULT_CHUNK,
+    row_offset: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Top-K most similar candidates per row (§4.2: the neighbour sets N~_u, N~_i).
 
-    Only columns where `candidates` is True are eligible; with `exclude_self` (A == B) the entity
-    itself is excluded. Ties go to the lower column index. Returns (indices [A, k] long, valid
-    [A, k] bool), sorted by decreasing similarity; a slot is invalid (index 0, valid False) when
+    Only columns where `candidates` is True are eligible; with `exclude_self` (A == B, row r of `sim` being entity
+    `row_offset + r`) the entity itself is excluded. Ties go to the lower column index. Returns (indices [A, k] long,
+    valid [A, k] bool), sorted by decreasing similarity; a slot is invalid (index 0, valid False) when
     fewer than k eligible columns have a finite similarity. NaN counts as -inf.
     """
     if sim.dim() != 2 or not sim.is_floating_point():
@@ -174,8 +176,9 @@ def top_k_neighbours(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _check_mask(candidates, n_b, "candidates")
-    if exclude_self and n_a != n_b:
-        raise ValueError(f"exclude_self needs a square sim matrix, got {n_a} x {n_b}")
+    if exclude_self and (row_offset < 0 or row_offset + n_a > n_b):
+        raise ValueError(f"exclude_self needs rows {row_offset}..{row_offset + n_a} of a square sim matrix, got "
+                         f"{n_a} x {n_b}")
 
     k_eff = min(k, n_b)
     indices = torch.zeros(n_a, k, dtype=torch.long, device=sim.device)
@@ -189,7 +192,7 @@ def top_k_neighbours(
         scores[scores.isnan()] = -torch.inf
         scores[:, blocked] = -torch.inf
         if exclude_self:
-            own = torch.arange(start, start + rows, device=sim.device)
+            own = torch.arange(row_offset + start, row_offset + start + rows, device=sim.device)
             scores[torch.arange(rows, device=sim.device), own] = -torch.inf
         top_scores, chosen = torch.topk(scores, k_eff, dim=1)
         kth = top_scores[:, -1:]
@@ -204,3 +207,27 @@ def top_k_neighbours(
         indices[start : start + rows, :k_eff] = torch.where(finite, chosen, 0)
         valid[start : start + rows, :k_eff] = finite
     return indices, valid
+
+
+def top_k_similar(
+    text: Tensor, text_mask: Tensor, img: Tensor, img_mask: Tensor, k: int, candidates: Tensor, w: float = 0.9,
+    budget: int = SIMILARITY_BUDGET,
+) -> tuple[Tensor, Tensor]:
+    """`top_k_neighbours(modality_similarity(X, X), k, candidates, exclude_self=True)` of entities X, a block of rows
+    at a time, so the [N, N] similarity is never held: each block of at most `budget` similarities is ranked and
+    dropped. Blocks are `DEFAULT_CHUNK` rows up to N = budget / DEFAULT_CHUNK (the same rows, so the same values, as
+    one `modality_similarity` call), fewer beyond."""
+    n = text.shape[0]
+    block = max(1, min(DEFAULT_CHUNK, budget // max(1, n)))
+    parts = [
+        top_k_neighbours(
+            modality_similarity(text[start : start + block], text_mask[start : start + block],
+                                img[start : start + block], img_mask[start : start + block],
+                                text, text_mask, img, img_mask, w=w, chunk_size=block),
+            k, candidates, exclude_self=True, chunk_size=block, row_offset=start,
+        )
+        for start in range(0, n, block)
+    ]
+    if not parts:
+        return torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k, dtype=torch.bool)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

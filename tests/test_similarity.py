@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micrec_core.similarity import modality_similarity, top_k_neighbours, user_features
+from micrec_core.similarity import modality_similarity, top_k_neighbours, top_k_similar, user_features
 
 
 def hand_user_features(
@@ -251,7 +251,7 @@ def test_top_k_with_k_larger_than_columns_pads_invalid() -> None:
 def test_top_k_rejects_bad_input() -> None:
     sim = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="square"):
-        top_k_neighbours(sim, 1, torch.ones(3, dtype=torch.bool), exclude_self=True)
+        top_k_neighbours(torch.zeros(4, 3), 1, torch.ones(3, dtype=torch.bool), exclude_self=True)
     with pytest.raises(ValueError, match="candidates"):
         top_k_neighbours(sim, 1, torch.ones(2, dtype=torch.bool), exclude_self=False)
     with pytest.raises(ValueError, match="k must be"):
@@ -272,3 +272,26 @@ def test_pipeline_gives_no_neighbours_to_entities_without_modalities() -> None:
     usable = (mut | muv).tolist()
     for user in (0, 2, 3):
         assert all(usable[j] for j, ok in zip(indices[user].tolist(), valid[user].tolist(), strict=True) if ok)
+
+
+@pytest.mark.parametrize("budget", [1, 7 * 50, 1 << 26])
+def test_top_k_similar_in_blocks_equals_ranking_the_whole_matrix(budget: int) -> None:
+    gen = torch.Generator().manual_seed(budget)
+    n = 50
+    text, img = torch.randn(n, 6, generator=gen), torch.randn(n, 4, generator=gen)
+    text_mask, img_mask = torch.rand(n, generator=gen) > 0.2, torch.rand(n, generator=gen) > 0.3
+    text_mask[:3] = img_mask[:3] = False  # three entities share no modality with anyone
+    img[10] = img[11]  # a tie
+    candidates = torch.rand(n, generator=gen) > 0.1
+    sim = modality_similarity(text, text_mask, img, img_mask, text, text_mask, img, img_mask, w=0.7)
+    expected = top_k_neighbours(sim, 5, candidates, exclude_self=True)
+    got = top_k_similar(text, text_mask, img, img_mask, 5, candidates, w=0.7, budget=budget)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_top_k_excludes_self_at_a_row_offset() -> None:
+    sim = torch.arange(12.0).reshape(2, 6)  # rows 3 and 4 of a 6 x 6 matrix
+    index, valid = top_k_neighbours(sim, 2, torch.ones(6, dtype=torch.bool), exclude_self=True, row_offset=3)
+    assert index.tolist() == [[5, 4], [5, 3]] and valid.all()
+    with pytest.raises(ValueError, match="exclude_self"):
+        top_k_neighbours(sim, 2, torch.ones(6, dtype=torch.bool), exclude_self=True, row_offset=5)
