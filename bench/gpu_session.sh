@@ -43,6 +43,11 @@
 # grid's runs plus INMO with the full W (SE_FULL=1 adds `inmo --set se_weight=full`), and the validation-selected
 # point's other seeds, which a later call trains with SWEEP naming that point and SWEEP_SEEDS=5.
 #
+# Issue #17's scaling curves on the GPU: SCALE_SECONDS=N (default 0: skipped) runs bench/scale.py --device cuda for at
+# most N seconds before the grid (sizes 1e5..1e7, LightGCN, INMO and MICRec, evaluation at every size) and writes
+# scaling-cuda.json; copy it to bench/results/ here, and it resumes from that file when given it back (the appendix
+# chapter notebooks/appendix_scaling reads it).
+#
 # It writes: device.txt (GPU, torch, commit), check.txt (the union from CUDA graphs == each run alone, on the GPU),
 # bench.txt (steps/s, inference + evaluation time, peak memory; MICRec eager with operation counts, one MICRec run
 # from a CUDA graph with kernels per step, the same with torch.compile, the grid's 30-run union), grid_<pair>.log
@@ -101,6 +106,15 @@ if [ "$BENCH_SECONDS" -gt 0 ]; then
     row 90 --models micrec --epochs 3 --together 1 $g --compile"
   } > "$OUT/bench.txt" 2>&1
   say "bench done"
+fi
+
+SCALE_SECONDS=${SCALE_SECONDS:-0}
+if [ "$SCALE_SECONDS" -gt 0 ]; then
+  say "scaling benchmark on the GPU (at most $SCALE_SECONDS s)"
+  [ -f bench/results/scaling-cuda.json ] && cp bench/results/scaling-cuda.json "$OUT/"
+  timeout "$SCALE_SECONDS" python3 bench/scale.py --device "$DEVICE" --sizes 1e5,3e5,1e6,3e6,1e7 \
+    --eval-up-to 1e7 --out "$OUT/scaling-cuda.json" > "$OUT/scale.txt" 2>&1
+  say "scale exit $?"
 fi
 
 stop_after=$(( BUDGET - MARGIN - ($(date +%s) - START) ))

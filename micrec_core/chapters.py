@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from IPython.display import display
 
@@ -104,3 +105,23 @@ def check_runs(folders: Mapping[tuple[str, int], Path], results: pd.DataFrame, d
     assert mine.loc[mine["group"] == "all", "value"].notna().all()
     assert set(mine["dataset_sha256"]) == {data_hash} and set(mine["max_epochs"]) == {max_epochs}
     print(f"{len(folders)} runs complete, on this dataset, with the asked configuration; metrics in [0, 1]")
+
+
+def growth_exponent(sizes: Iterable[float], values: Iterable[float | None]) -> float | None:
+    """The exponent b of value ~ a * size^b, fitted by least squares in log-log over the points with a positive
+    value; None with fewer than two such points (the scaling appendix and `bench/scale.py`)."""
+    points = [(float(n), float(v)) for n, v in zip(sizes, values, strict=True) if v is not None and v > 0]
+    if len(points) < 2:
+        return None
+    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def largest_within(sizes: Iterable[float], values: Iterable[float | None], budget: float) -> float | None:
+    """The size at which the straight line value = a + b * size fitted to the points reaches `budget` (e.g. the
+    interactions whose peak memory would fill one GPU); None when the fit does not grow or has under two points."""
+    points = [(float(n), float(v)) for n, v in zip(sizes, values, strict=True) if v is not None]
+    if len(points) < 2:
+        return None
+    slope, intercept = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
+    return float((budget - intercept) / slope) if slope > 0 else None

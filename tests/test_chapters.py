@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from micrec_core.chapters import caption, train_grid, wide
+from micrec_core.chapters import caption, growth_exponent, largest_within, train_grid, wide
 from micrec_core.compare import mean_std
 from micrec_core.grid import collect
 from micrec_core.registry import REGISTRY, TABLE2, table2_models
@@ -52,3 +52,11 @@ def test_the_protocol_note_is_true_for_the_parameters_it_is_given() -> None:
     assert "`max_epochs = 60`, not the paper's protocol" in capped and "1 training seed," in capped
     full = protocol_note("Amazon 2014 data", 1000, 5)
     assert "the paper's protocol" in full and "not the paper's" not in full and "5 training seeds" in full
+
+
+def test_growth_exponent_and_the_size_that_fills_a_budget() -> None:
+    sizes = [1e5, 1e6, 1e7]
+    assert growth_exponent(sizes, [3 * n**1.5 for n in sizes]) == pytest.approx(1.5)
+    assert growth_exponent(sizes, [None, 0.0, 5.0]) is None  # one usable point
+    assert largest_within(sizes, [100 + 2 * n for n in sizes], budget=1100) == pytest.approx(500)
+    assert largest_within(sizes, [5.0, 5.0, 5.0], budget=10) is None  # a flat line never reaches it
