@@ -71,8 +71,10 @@ def check_parameters(
 
 
 def _from_notebooks(path: Path, notebooks: Path) -> str:
-    """`path` relative to the notebooks' folder, where papermill runs them: no path of this machine is recorded."""
-    return os.path.relpath(Path(path).resolve(), Path(notebooks).resolve())
+    """`path` relative to the notebooks' folder, where papermill runs them: no path of this machine is recorded.
+    Symbolic links are kept as given (`../shared` linked elsewhere stays `../shared`), so the same command gives the
+    same parameters on every machine."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(notebooks))
 
 
 def notebook_parameters(
@@ -224,7 +226,7 @@ def glued(notebook: Path) -> dict[str, str]:
 def write_book(target_dir: Path, chapters: list[Path]) -> Path:
     """A table of contents for the book of this reproduction (its chapters, beside the equations page), with an
     index page of its headline numbers: `jupyter-book build --all . --toc <dir>/_toc.yml` builds it."""
-    root = Path(os.path.relpath(Path(target_dir).resolve(), NOTEBOOKS.parent.resolve()))
+    root = Path(os.path.relpath(os.path.abspath(target_dir), os.path.abspath(NOTEBOOKS.parent)))
     (Path(target_dir) / "index.md").write_text("\n".join([
         f"# Your reproduction: {Path(target_dir).name}", "",
         "Executed by `micrec reproduce`; the chapters below are those it wrote, with their stored outputs.", "",

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from micrec_core.reproduce import label_prefix, own_labels, reproduce
+from micrec_core.reproduce import label_prefix, notebook_parameters, own_labels, reproduce
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -165,3 +165,14 @@ def test_a_chapter_copy_gets_figure_labels_of_its_own() -> None:
     assert prefix == "toys-and-games-video-games"
     assert nb.cells[0].source == "As {numref}`toys-and-games-video-games-fig-degrees` shows, and {eq}`eq-bpr` says."
     assert nb.cells[1].metadata["mystnb"]["figure"]["name"] == "toys-and-games-video-games-fig-degrees"
+
+
+def test_parameters_name_a_linked_folder_by_its_link_not_its_target(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere" / "amazon").mkdir(parents=True)
+    (tmp_path / "shared").symlink_to(tmp_path / "elsewhere")
+    notebooks = tmp_path / "repo" / "notebooks"
+    notebooks.mkdir(parents=True)
+    raw = tmp_path / "repo" / ".." / "shared" / "amazon"
+    given = notebook_parameters(raw, "2014", ("A", "B"), 1, "cpu", tmp_path / "repo" / "runs",
+                                tmp_path / "repo" / "data", notebooks=notebooks)
+    assert given["raw"] == "../../shared/amazon"
