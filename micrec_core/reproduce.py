@@ -23,6 +23,8 @@ from micrec_core.synth import DOMAINS
 
 log = logging.getLogger("micrec.reproduce")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# The kernel's own log at ERROR: its start-up warning about unencrypted local TCP is noise on every chapter.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def pair_name(raw: Path | None, pair: tuple[str, str] | None) -> str:
@@ -165,7 +167,8 @@ def reproduce(
         with atomic_path(target) as tmp:
             try:
                 papermill.execute_notebook(
-                    str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress
+                    str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress,
+                    extra_arguments=KERNEL_ARGUMENTS,
                 )
                 _portable_record(tmp, source.name, target.name, label_prefix(target_dir.name))
             except Exception as err:
@@ -254,5 +257,14 @@ def summary_lines(chapters: list[Path]) -> list[str]:
         values = glued(chapter) if chapter.is_file() else {}
         for key, text in HEADLINES.get(chapter.name, {}).items():
             if key in values:
-                lines.append(f"- {text}: {values[key]} (chapter {chapter.stem})")
+                lines.append(f"- {text}: {_readable(values[key])} (chapter {chapter.stem})")
     return lines
+
+
+def _readable(text: str) -> str:
+    """A glued value for the terminal: a float to three significant digits, anything else as glued."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if number.is_integer() and "." not in text else f"{number:.3g}"

@@ -149,10 +149,11 @@ def test_the_closing_summary_reads_the_numbers_the_chapters_glued(tmp_path: Path
 
     books = tmp_path / "notebooks"
     books.mkdir()
-    write_notebook(books / "07_results.ipynb", "from myst_nb import glue\nglue('micrec_vs_inmo', -2.5, display=False)")
+    write_notebook(books / "07_results.ipynb",
+                   "from myst_nb import glue\nglue('micrec_vs_inmo', -2.5123456, display=False)")
     done = reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
-    assert summary_lines(done) == ["- MICRec against INMO, mean change of P/R/NDCG@20, %: -2.5 (chapter 07_results)"]
-    assert "-2.5" in (tmp_path / "runs" / "synthetic" / "index.md").read_text()
+    assert summary_lines(done) == ["- MICRec against INMO, mean change of P/R/NDCG@20, %: -2.51 (chapter 07_results)"]
+    assert "-2.51" in (tmp_path / "runs" / "synthetic" / "index.md").read_text()
 
 
 def test_a_chapter_copy_gets_figure_labels_of_its_own() -> None:
