@@ -14,7 +14,10 @@ import json
 import logging
 import os
 import re
+import threading
+import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from micrec_core.amazon import check_release, find_file
@@ -164,7 +167,7 @@ def reproduce(
             done.append(target)
             continue
         log.info("chapter %d of %d: %s", k + 1, len(sources), source.name)
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp, RunWatcher(target_dir / "runs", source.stem):
             try:
                 papermill.execute_notebook(
                     str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress,
@@ -184,6 +187,43 @@ def reproduce(
         done.append(target)
     write_book(target_dir, done)
     return done
+
+
+class RunWatcher:
+    """While a chapter executes, reports each training run it finishes (a metrics.json written or rewritten under
+    `runs`), with the seconds it took since the previous report: papermill's bar counts only the chapter's cells, and
+    a cell that trains a grid can run for hours. Early stopping leaves the number of epochs, and so an ETA per run,
+    unknown; the count and the pace are what can be told."""
+
+    def __init__(self, runs: Path, chapter: str, every: float = 2.0) -> None:
+        self.runs, self.chapter, self.every = runs, chapter, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _finished(self) -> dict[Path, float]:
+        return {path: path.stat().st_mtime for path in self.runs.glob("*/*/seed*/metrics.json")}
+
+    def _watch(self) -> None:
+        seen, count, last = self._finished(), 0, time.perf_counter()
+        while True:
+            stopped = self.stop.wait(self.every)  # one last look once the chapter has ended
+            for path, stamp in sorted(self._finished().items()):
+                if seen.get(path) != stamp:
+                    seen[path], count, now = stamp, count + 1, time.perf_counter()
+                    log.info("%s: run %d finished: %s/%s (%.0f s)", self.chapter, count, path.parent.parent.name,
+                             path.parent.name, now - last)
+                    last = now
+            if stopped:
+                return
+
+    def __enter__(self) -> RunWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _portable_record(notebook: Path, source: str, target: str, prefix: str) -> None:

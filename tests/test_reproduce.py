@@ -177,3 +177,15 @@ def test_parameters_name_a_linked_folder_by_its_link_not_its_target(tmp_path: Pa
     given = notebook_parameters(raw, "2014", ("A", "B"), 1, "cpu", tmp_path / "repo" / "runs",
                                 tmp_path / "repo" / "data", notebooks=notebooks)
     assert given["raw"] == "../../shared/amazon"
+
+
+def test_each_training_run_a_chapter_finishes_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    run = tmp_path / "runs" / "synthetic" / "runs" / "data" / "inmo" / "seed3"
+    write_notebook(books / "04_training.ipynb",
+                   f"from pathlib import Path\nPath({str(run)!r}).mkdir(parents=True)\n"
+                   f"(Path({str(run)!r}) / 'metrics.json').write_text('{{}}')")
+    with caplog.at_level("INFO", logger="micrec.reproduce"):
+        reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
+    assert "04_training: run 1 finished: inmo/seed3" in caplog.text
