@@ -27,6 +27,8 @@ from typing import Any
 from make_reviews import LAYOUTS, write_pair
 
 from micrec_core.atomic import write_json
+from micrec_core.dataset import code_version
+from micrec_core.provenance import code_sha256
 
 # Runs in the child: build, then report seconds, peak RSS (VmHWM of the process, Linux; also after the imports,
 # torch's included; ru_maxrss would count the parent's RSS at fork), the 1-minute load average before the build
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out, {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "python": platform.python_version(), "layout": args.layout, "min_count": args.min_count,
-            "reviews_are": "per pair (N/2 per category)", "rows": rows,
+            "reviews_are": "per pair (N/2 per category)", "git_commit": code_version()["git_commit"],
+            "code_sha256": code_sha256(), "command": "python bench/build_scale.py " + " ".join(argv or sys.argv[1:]),
+            "rows": rows,
         })
 
 

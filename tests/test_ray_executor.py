@@ -23,12 +23,13 @@ SMALL = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
 def local_ray() -> Iterator[None]:
     """One local Ray of 2 CPUs for the module (no dashboard, its files in a temporary folder), then nothing left."""
     ray = pytest.importorskip("ray")
+    earlier = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. a multiprocessing forkserver
     with tempfile.TemporaryDirectory(prefix="ray") as temp:
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
         try:
             yield
         finally:
-            started = psutil.Process().children(recursive=True)
+            started = [p for p in psutil.Process().children(recursive=True) if p.pid not in earlier]
             ray.shutdown()
             _, alive = psutil.wait_procs(started, timeout=20)
             assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
