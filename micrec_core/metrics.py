@@ -100,13 +100,9 @@ def topk_items(
     if not isinstance(scores, Tensor) or scores.dim() != 2 or not scores.dtype.is_floating_point:
         raise ValueError(f"scores must be a 2-D floating-point tensor, got {_describe(scores)}")
     n_users, n_items = scores.shape
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_items:
-        raise ValueError(f"k must be an int in [1, {n_items}] (the number of items), got {k!r}")
     _check_pairs("exclude", exclude_users, exclude_items, scores.device)
-    _check_range([("exclude_users", exclude_users, n_users), ("exclude_items", exclude_items, n_items)])
-    masked = scores if inplace else scores.clone()
-    masked[exclude_users.long(), exclude_items.long()] = float("-inf")
-    return torch.topk(masked, k, dim=1, largest=True, sorted=True).indices
+    return topk_blocked(score_rows(scores if inplace else scores.clone()), n_users, n_items, exclude_users,
+                        exclude_items, k, max(1, n_users))
 
 
 def score_rows(scores: Tensor | tuple[Tensor, Tensor]) -> Rows:
