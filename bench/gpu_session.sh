@@ -37,6 +37,12 @@
 # training then stops at its epoch's end, is evaluated at its best epoch so far, and its metrics.json says
 # "stopped": "time budget" (the book counts such runs apart from those that early-stopped).
 #
+# Issues #14 and #15's ten baselines (BASELINES; empty skips them) train after MICRec's union, on the plain path (no
+# union of theirs), seed 0 of each first so that a budget-stopped call still leaves one full Table 2 row per model.
+# Not yet timed on a GPU: on 2 CPU cores their epochs on Beauty x Electronics take 4-25 s (NeuMF ~160 s with its
+# full-ranking validation, its MLP over every user x item pair), so expect them to need calls of their own
+# (CONTINUE=1); bench/cpu_session.sh trains the same runs on a CPU, session after session.
+#
 # Issue #13's sensitivity sweep (chapter 6) runs after the grid when SWEEP is set, per pair, one seed per point:
 #   SWEEP="--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
 # (a second group, e.g. gamma x tau, in a second call with SWEEP changed); the 5-seed test rows of chapter 6 are the
@@ -73,6 +79,7 @@ SWEEP=${SWEEP:-}
 SWEEP_SEEDS=${SWEEP_SEEDS:-1}
 SE_FULL=${SE_FULL:-1}
 VARIANTS=${VARIANTS:-micrec,no-mm,no-cd,no-vis,no-txt,inmo,micrec-infonce,lightgcn}
+BASELINES=${BASELINES:-multvae,imcgae,idcf,alpharec,unicdr,ppa,xsimgcl,ngcf,sgl,neumf}
 UNION=micrec,no-mm,no-cd,no-vis,no-txt,inmo
 TOGETHER=${TOGETHER:-auto}
 RUNS_DIR=${RUNS_DIR:-.gpu_runs}
@@ -129,6 +136,7 @@ for pair in $PAIRS; do
       echo "exit $? after $(( $(date +%s) - start )) s wall"; }
     grid --variants "$VARIANTS" --seeds "$SEEDS"
     [ "$SE_FULL" = 1 ] && grid --variants inmo --set se_weight=full --seeds "$SEEDS"
+    if [ -n "$BASELINES" ]; then grid --variants "$BASELINES" --seeds 1; grid --variants "$BASELINES" --seeds "$SEEDS"; fi
     # shellcheck disable=SC2086
     [ -n "$SWEEP" ] && grid --variants micrec $SWEEP --seeds "$SWEEP_SEEDS"
   ) > "$OUT/grid_$pair.log" 2>&1 &

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A real pair's runs on this project's 2-core CPU, one session at a time (issues #13-#15), for sessions lent no
+# device: every run the pair's chapters read, trained in the order the book needs them, within BUDGET seconds of
+# wall time. A run the budget stops is evaluated at its best epoch so far and says "stopped": "time budget" in its
+# metrics.json; the next call resumes it from its checkpoint (`micrec grid` does so), so calls add up across sessions
+# and the book's chapters (`micrec reproduce`) then reuse every finished run.
+#
+#   bash bench/cpu_session.sh                 # Beauty x Electronics, 2 jobs of 1 thread, BUDGET=4200 s
+#   PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
+#
+# It needs a clean checkout (every run records the commit that trained it) and builds the pair and its text
+# features first when they are missing. The order:
+#   1. seed 0 of Table 2's thirteen models, the cheap ones first (NeuMF last: its full-ranking validation runs its MLP
+#      over every user x item pair, ~100-160 s an epoch on Beauty x Electronics on 2 cores);
+#   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
+#   3. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
+#      trains the other seeds of the point validation selects);
+#   4. seeds 1..SEEDS-1 of all of them.
+# Measured on Beauty x Electronics (2 cores shared by two 1-thread jobs, 2026-12-03): LightGCN, INMO and MICRec take
+# ~5-6 s an epoch, NGCF ~15 s, SGL ~25 s, NeuMF ~160 s with its validation; early stopping comes after 100-200 epochs,
+# so stage 1 alone takes several sessions: a GPU (bench/gpu_session.sh) does all four stages in minutes.
+set -uo pipefail
+PAIR=${PAIR:-Beauty,Electronics}
+NAME=${PAIR/,/_}
+MIN_COUNT=${MIN_COUNT:-10}
+RAW=${RAW:-../shared/data/amazon2014}
+BUDGET=${BUDGET:-4200}
+SEEDS=${SEEDS:-5}
+JOBS=${JOBS:-2}
+PY=${PY:-.venv/bin/python}
+DATA=data/processed/$NAME
+RUNS=runs/$NAME/runs
+SWEEPS=("--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
+        "--set gamma_cl=1,0.1,0.01,0.001 --set tau=0.2,0.5")
+START=$(date +%s)
+say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+  say "the checkout has uncommitted changes: the runs would record a commit that is not the code that trained them"
+  exit 2
+fi
+if [ ! -f "$DATA/manifest.json" ]; then
+  say "building $PAIR (min_count $MIN_COUNT) and its text features"
+  "$PY" -m micrec_core.cli data build --raw "$RAW" --pair "$PAIR" \
+    --min-count "$MIN_COUNT" --out "$DATA" || exit 1
+  "$PY" -m micrec_core.cli features --dataset "$DATA" || exit 1
+fi
+grid() {
+  left=$(( BUDGET - ($(date +%s) - START) ))
+  [ "$left" -gt 60 ] || { say "budget spent; skipped: $*"; return 1; }
+  say "grid $* (runs stop after $left s)"
+  nice -n 19 "$PY" -m micrec_core.cli grid --dataset "$DATA" --runs "$RUNS" --device cpu --jobs "$JOBS" \
+    --threads 1 --max-epochs 1000 --stop-after "$left" --quiet "$@"
+  say "exit $?"
+}
+TABLE2=micrec,inmo,lightgcn,multvae,imcgae,idcf,alpharec,unicdr,ppa,xsimgcl,ngcf,sgl,neumf
+CHAPTERS=no-cd,no-mm,no-vis,no-txt,micrec-infonce
+for seeds in 1 "$SEEDS"; do
+  grid --variants "$TABLE2" --seeds "$seeds" || break
+  grid --variants "$CHAPTERS" --seeds "$seeds" || break
+  grid --variants inmo --set se_weight=full --seeds "$seeds" || break
+  for sweep in "${SWEEPS[@]}"; do
+    # shellcheck disable=SC2086
+    grid --variants micrec $sweep --seeds 1 || break 2
+  done
+done
+say "finished: $(find "$RUNS" -name metrics.json | wc -l) runs," \
+  "$(grep -l '"stopped": "time budget"' -r "$RUNS" --include=metrics.json | wc -l) of them stopped by the budget"
