@@ -135,12 +135,12 @@ class Towers(nn.Module):
         user_part = F.linear(mlp_users, first.weight[:, :size], first.bias)
         item_part = F.linear(mlp_items, first.weight[:, size:])
         dim = gmf_users.shape[1]
-        gmf = (gmf_users * self.h[:dim]) @ gmf_items.T
+        block = (gmf_users * self.h[:dim]) @ gmf_items.T
         step = max(1, CHUNK // len(item_part))
-        block = torch.cat([
-            gmf[k : k + step] + self.tower(user_part[k : k + step, None] + item_part) @ self.h[dim:]
-            for k in range(0, len(user_part), step)
-        ])
+        # added into the one [U, I] block in place: results kept between the chunks' freed intermediates fragmented
+        # the CPU heap (19 GB resident for a 9,484 x 6,791 domain; 1.0 GB so)
+        for k in range(0, len(user_part), step):
+            block[k : k + step] += self.tower(user_part[k : k + step, None] + item_part) @ self.h[dim:]
         return block[mean_row_index(self.user_rows, n_users)][:, mean_row_index(self.item_rows, n_items)]
 
 
