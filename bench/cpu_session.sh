@@ -9,7 +9,9 @@
 #   PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
 #
 # It needs a clean checkout (every run records the commit that trained it) and builds the pair and its text
-# features first when they are missing. The order:
+# features first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
+# DATA and RUNS pointing back at this checkout's data/processed/<pair> and runs/<pair>/runs (each run imports the
+# code when it starts). The order:
 #   1. seed 0 of Table 2's thirteen models, the cheap ones first (NeuMF last: its full-ranking validation runs its MLP
 #      over every user x item pair, ~100-160 s an epoch on Beauty x Electronics on 2 cores);
 #   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
@@ -28,8 +30,8 @@ BUDGET=${BUDGET:-4200}
 SEEDS=${SEEDS:-5}
 JOBS=${JOBS:-2}
 PY=${PY:-.venv/bin/python}
-DATA=data/processed/$NAME
-RUNS=runs/$NAME/runs
+DATA=${DATA:-data/processed/$NAME}
+RUNS=${RUNS:-runs/$NAME/runs}
 SWEEPS=("--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
         "--set gamma_cl=1,0.1,0.01,0.001 --set tau=0.2,0.5")
 START=$(date +%s)
