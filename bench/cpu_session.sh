@@ -3,7 +3,9 @@
 # device: every run the pair's chapters read, trained in the order the book needs them, within BUDGET seconds of
 # wall time. A run the budget stops is evaluated at its best epoch so far and says "stopped": "time budget" in its
 # metrics.json; the next call resumes it from its checkpoint (`micrec grid` does so), so calls add up across sessions
-# and the book's chapters (`micrec reproduce`) then reuse every finished run.
+# and the book's chapters (`micrec reproduce`) then reuse every finished run. Past the deadline every run of the
+# current grid call not yet finished still trains one epoch and is evaluated, so that each has metrics (the epoch is
+# kept in its checkpoint): runs stop MARGIN seconds (default 600) before BUDGET to leave time for that.
 #
 #   bash bench/cpu_session.sh                 # Beauty x Electronics, 2 jobs of 1 thread, BUDGET=4200 s
 #   PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
@@ -27,6 +29,7 @@ NAME=${PAIR/,/_}
 MIN_COUNT=${MIN_COUNT:-10}
 RAW=${RAW:-../shared/data/amazon2014}
 BUDGET=${BUDGET:-4200}
+MARGIN=${MARGIN:-600}
 SEEDS=${SEEDS:-5}
 JOBS=${JOBS:-2}
 PY=${PY:-.venv/bin/python}
@@ -47,7 +50,7 @@ if [ ! -f "$DATA/manifest.json" ]; then
   "$PY" -m micrec_core.cli features --dataset "$DATA" || exit 1
 fi
 grid() {
-  left=$(( BUDGET - ($(date +%s) - START) ))
+  left=$(( BUDGET - MARGIN - ($(date +%s) - START) ))
   [ "$left" -gt 60 ] || { say "budget spent; skipped: $*"; return 1; }
   say "grid $* (runs stop after $left s)"
   nice -n 19 "$PY" -m micrec_core.cli grid --dataset "$DATA" --runs "$RUNS" --device cpu --jobs "$JOBS" \
