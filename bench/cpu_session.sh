@@ -14,14 +14,15 @@
 # features first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
 # DATA and RUNS pointing back at this checkout's data/processed/<pair> and runs/<pair>/runs (each run imports the
 # code when it starts). The order:
-#   1. seed 0 of Table 2's thirteen models, the cheap ones first (NeuMF last: its full-ranking validation runs its MLP
-#      over every user x item pair, ~100-160 s an epoch on Beauty x Electronics on 2 cores);
+#   1. seed 0 of Table 2's thirteen models, the cheap ones first (IDCF, whose relation model attends over every key
+#      user and item, and NeuMF, whose validation runs its MLP over every user x item pair, last);
 #   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
 #   3. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
 #      trains the other seeds of the point validation selects);
 #   4. seeds 1..SEEDS-1 of all of them.
 # Measured on Beauty x Electronics (2 cores shared by two 1-thread jobs, 2026-12-03): LightGCN, INMO and MICRec take
-# ~5-6 s an epoch, NGCF ~15 s, SGL ~25 s, NeuMF ~160 s with its validation; early stopping comes after 100-200 epochs,
+# ~5-6 s an epoch, UniCDR, PPA, Mult-VAE, XSimGCL and IMC-GAE 4-9 s, AlphaRec ~13 s, NGCF ~15 s, SGL ~25 s, IDCF
+# ~85 s, NeuMF ~100 s with its validation (bench/RESULTS.md); early stopping comes after 100-200 epochs,
 # so stage 1 alone takes several sessions: a GPU (bench/gpu_session.sh) does all four stages in minutes.
 set -uo pipefail
 PAIR=${PAIR:-Beauty,Electronics}
@@ -57,7 +58,7 @@ grid() {
     --threads 1 --max-epochs 1000 --stop-after "$left" --quiet "$@"
   say "exit $?"
 }
-TABLE2=micrec,inmo,lightgcn,multvae,imcgae,idcf,alpharec,unicdr,ppa,xsimgcl,ngcf,sgl,neumf
+TABLE2=micrec,inmo,lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl,idcf,neumf
 CHAPTERS=no-cd,no-mm,no-vis,no-txt,micrec-infonce
 for seeds in 1 "$SEEDS"; do
   grid --variants "$TABLE2" --seeds "$seeds" || break
