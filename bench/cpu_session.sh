@@ -12,8 +12,9 @@
 #
 # It needs a clean checkout (every run records the commit that trained it) and builds the pair and its text
 # features first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
-# DATA and RUNS pointing back at this checkout's data/processed/<pair> and runs/<pair>/runs (each run imports the
-# code when it starts). The order:
+# DATA and RUNS pointing back at this checkout (each run imports the code when it starts). RUNS defaults to
+# runs/<pair>/runs, where the chapters read them; to keep a checkout clean while the pair is unfinished, point RUNS
+# outside it and copy the folder in once every run is there. The order:
 #   1. seed 0 of Table 2's thirteen models, the cheap ones first (IDCF, whose relation model attends over every key
 #      user and item, and NeuMF, whose validation runs its MLP over every user x item pair, last);
 #   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
@@ -64,6 +65,7 @@ for seeds in 1 "$SEEDS"; do
   grid --variants "$TABLE2" --seeds "$seeds" || break
   grid --variants "$CHAPTERS" --seeds "$seeds" || break
   grid --variants inmo --set se_weight=full --seeds "$seeds" || break
+  [ "$seeds" = 1 ] || continue
   for sweep in "${SWEEPS[@]}"; do
     # shellcheck disable=SC2086
     grid --variants micrec $sweep --seeds 1 || break 2

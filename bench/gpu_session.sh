@@ -39,8 +39,8 @@
 #
 # Issues #14 and #15's ten baselines (BASELINES; empty skips them) train after MICRec's union, on the plain path (no
 # union of theirs), seed 0 of each first so that a budget-stopped call still leaves one full Table 2 row per model.
-# Not yet timed on a GPU: on 2 CPU cores their epochs on Beauty x Electronics take 4-25 s (NeuMF ~160 s with its
-# full-ranking validation, its MLP over every user x item pair), so expect them to need calls of their own
+# Not yet timed on a GPU: on 2 CPU cores their epochs on Beauty x Electronics take 3-25 s (IDCF ~85 s, NeuMF ~100 s
+# with its full-ranking validation; bench/RESULTS.md), so expect them to need calls of their own
 # (CONTINUE=1); bench/cpu_session.sh trains the same runs on a CPU, session after session.
 #
 # Issue #13's sensitivity sweep (chapter 6) runs after the grid when SWEEP is set, per pair, one seed per point:
