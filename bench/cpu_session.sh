@@ -14,7 +14,10 @@
 # features first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
 # DATA and RUNS pointing back at this checkout (each run imports the code when it starts). RUNS defaults to
 # runs/<pair>/runs, where the chapters read them; to keep a checkout clean while the pair is unfinished, point RUNS
-# outside it and copy the folder in once every run is there. The order:
+# outside it and copy the folder in once every run is there. Code changes between calls are expected, so a run is
+# resumed across them (ACROSS_CODE=1, the default; 0 refuses such checkpoints): the new code must first reproduce the
+# checkpoint's last validation NDCG, and the run's metrics.json lists every code version that trained it
+# (provenance.code_history; the book's provenance tables show such a run's commits joined by "+"). The order:
 #   1. seed 0 of Table 2's thirteen models, the cheap ones first (IDCF, whose relation model attends over every key
 #      user and item, and NeuMF, whose validation runs its MLP over every user x item pair, last);
 #   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
@@ -37,6 +40,7 @@ JOBS=${JOBS:-2}
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-data/processed/$NAME}
 RUNS=${RUNS:-runs/$NAME/runs}
+ACROSS_CODE=${ACROSS_CODE:-1}
 SWEEPS=("--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
         "--set gamma_cl=1,0.1,0.01,0.001 --set tau=0.2,0.5")
 START=$(date +%s)
@@ -56,7 +60,7 @@ grid() {
   [ "$left" -gt 60 ] || { say "budget spent; skipped: $*"; return 1; }
   say "grid $* (runs stop after $left s)"
   nice -n 19 "$PY" -m micrec_core.cli grid --dataset "$DATA" --runs "$RUNS" --device cpu --jobs "$JOBS" \
-    --threads 1 --max-epochs 1000 --stop-after "$left" --quiet "$@"
+    --threads 1 --max-epochs 1000 --stop-after "$left" --quiet $([ "$ACROSS_CODE" = 1 ] && echo --resume-across-code) "$@"
   say "exit $?"
 }
 TABLE2=micrec,inmo,lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl,idcf,neumf

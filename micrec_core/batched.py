@@ -353,6 +353,7 @@ def train_together(
     deadline: float | None = None,
     graph: bool = False,
     on_failed: Callable[[int, str], None] | None = None,
+    across_code: bool = False,
 ) -> list[TrainState]:
     """Train runs with equal union keys as one model, each to its own early stop; their final states.
 
@@ -363,10 +364,12 @@ def train_together(
     the whole union (`TrainingDiverged`).
     deadline: a `time.time()` after which no further epoch starts (every run keeps its best epoch so far).
     graph: replay each epoch's steps from a CUDA graph (`epoch_steps`).
+    across_code: resume checkpoints written by other code (`train._load_checkpoint`).
     """
     dirs = list(run_dirs) if run_dirs is not None else [None] * len(setups)
     runs = [
-        start_run(s, folder, resume, None if on_epoch is None else _callback(on_epoch, k), checkpoint_every)
+        start_run(s, folder, resume, None if on_epoch is None else _callback(on_epoch, k), checkpoint_every,
+                  across_code)
         for k, (s, folder) in enumerate(zip(setups, dirs, strict=True))
     ]
     finished: set[int] = set()

@@ -142,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    metrics = run_experiment(config, Path(args.out), resume=args.resume, progress=not args.quiet, force=args.force)
+    metrics = run_experiment(config, Path(args.out), resume=args.resume or args.resume_across_code,
+                             progress=not args.quiet, force=args.force, across_code=args.resume_across_code)
     test = metrics["test"]
     summary = {d: {k: v for k, v in groups["all"].items() if k.endswith("@20")} for d, groups in test.items()}
     _print({"best_epoch": metrics["best_epoch"], "train_seconds": round(metrics["train_seconds"], 1), "test": summary})
@@ -159,7 +160,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
         Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs), progress=not args.quiet,
         jobs=args.jobs, threads=args.threads, together=together, graph=graph, device=args.device,
         deadline=None if args.stop_after is None else time.time() + args.stop_after, settings=expand(args.set),
-        force=args.force, executor=args.executor, ray_address=args.ray_address, **_config_overrides(args),
+        force=args.force, executor=args.executor, ray_address=args.ray_address,
+        across_code=args.resume_across_code, **_config_overrides(args),
     )
     _print([str(f) for f in folders])
     diverged = failures(folders)
@@ -185,6 +187,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 DEVICE_HELP = "auto: a GPU when torch sees one"
+ACROSS_CODE_HELP = ("resume checkpoints written by another version of micrec_core (refused otherwise): the new "
+                    "code must reproduce the checkpoint's last validation NDCG, and metrics.json's "
+                    "provenance.code_history records both versions; implies --resume")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint.pt")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--force", action="store_true", help="replace a run of another configuration in OUT")
+    train.add_argument("--resume-across-code", action="store_true", help=ACROSS_CODE_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is often fastest on a busy box)")
     train.set_defaults(func=cmd_train)
@@ -284,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sweep a setting over these values (repeatable: the product of all --set); each point "
                       "trains into RUNS/<dataset>/<variant>+KEY=V.../seed<k>/")
     grid.add_argument("--force", action="store_true", help="replace run folders that hold another configuration")
+    grid.add_argument("--resume-across-code", action="store_true", help=ACROSS_CODE_HELP)
     grid.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                       help="stop runs still training after this much wall time, at their best epoch so far "
                            "(metrics.json: stopped = 'time budget')")

@@ -23,6 +23,7 @@ from micrec_core.inference import evaluate_test, most_popular
 from micrec_core.provenance import code_sha256
 from micrec_core.train import (
     CHECKPOINT,
+    CODE_HINT,
     Setup,
     TrainingDiverged,
     TrainState,
@@ -78,13 +79,15 @@ def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
     return None
 
 
-def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force: bool = False) -> None:
+def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force: bool = False,
+                 across_code: bool = False) -> None:
     """Refuse, before anything is written, to train `config` into a run folder where that would lose or relabel a
     run; with `force`, empty the folder's run files instead.
 
     Refused: a folder holding a run of another configuration or data (the differing fields are named); without
     `resume`, any run of this configuration (continue it with resume, or force a fresh start); with `resume`, a
-    checkpoint beyond `max_epochs`, or a finished run with another max_epochs and no checkpoint to continue from.
+    checkpoint beyond `max_epochs`, one written by other code (unless `across_code`: `train._load_checkpoint`), or
+    a finished run with another max_epochs and no checkpoint to continue from.
     """
     out = Path(out)
     present = [name for name in RUN_FILES if (out / name).is_file()]
@@ -109,7 +112,11 @@ def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force:
         raise ValueError(f"{out} already holds a run of this configuration ({', '.join(present)}); resume it "
                          "(--resume) or start over (--force)")
     if (out / CHECKPOINT).is_file():
-        epoch = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)["state"]["epoch"]
+        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        epoch, code = payload["state"]["epoch"], payload.get("origin", {}).get("code_sha256")
+        if code != code_sha256() and not across_code:
+            raise ValueError(f"{out}: its checkpoint (epoch {epoch}) was written by other code (sha256 "
+                             f"{str(code)[:12]}, here {code_sha256()[:12]}): {CODE_HINT}")
         if epoch > config.max_epochs:
             raise ValueError(f"{out}: its checkpoint is at epoch {epoch}, beyond max_epochs {config.max_epochs}: "
                              f"the run cannot be cut back; {hint}")
@@ -137,17 +144,18 @@ def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[
 
 def run_experiment(
     config: Config, out: Path, resume: bool = False, progress: bool = True, deadline: float | None = None,
-    force: bool = False,
+    force: bool = False, across_code: bool = False,
 ) -> dict[str, Any]:
     """Train `config` on its dataset, evaluate on E_test, and write OUT/metrics.json and OUT/model.pt.
 
     Nothing is written to OUT before the data, features, options and OUT itself are checked (`check_folder`).
     deadline: a `time.time()` after which training stops at the next epoch's end (metrics.json says so).
+    across_code: resume a checkpoint written by other code (`train._load_checkpoint`).
     """
     out = Path(out)
     pair = load_pair(Path(config.dataset))
     s = setup(pair, config)
-    check_folder(out, config, dataset_sha256(pair.path), resume, force)
+    check_folder(out, config, dataset_sha256(pair.path), resume, force, across_code)
     write_json(out / "config.json", portable(config))
     bar = tqdm(total=config.max_epochs, desc=_label(config), disable=not progress)
 
@@ -157,7 +165,7 @@ def run_experiment(
 
     commit = code_version()["git_commit"]  # the code that trains, even if a commit lands while it runs
     try:
-        state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline)
+        state = train(s, out, resume=resume, on_epoch=on_epoch, deadline=deadline, across_code=across_code)
     except TrainingDiverged as err:
         _write_failure(s, out, commit, str(err))
         raise
@@ -168,7 +176,7 @@ def run_experiment(
 
 def run_together(
     configs: list[Config], outs: list[Path], resume: bool = False, progress: bool = True,
-    checkpoint_every: float = 60.0, deadline: float | None = None, graph: bool = False,
+    checkpoint_every: float = 60.0, deadline: float | None = None, graph: bool = False, across_code: bool = False,
 ) -> None:
     """`run_experiment` for runs trained as one union graph (`micrec_core.batched`: one pair, equal union keys).
 
@@ -178,7 +186,7 @@ def run_together(
     setups = [setup(pair, config) for config in configs]
     data_hash = dataset_sha256(pair.path)
     for config, out in zip(configs, outs, strict=True):
-        check_folder(Path(out), config, data_hash, resume)
+        check_folder(Path(out), config, data_hash, resume, across_code=across_code)
     for config, out in zip(configs, outs, strict=True):
         write_json(Path(out) / "config.json", portable(config))
     bar = tqdm(desc=f"{len(configs)} runs together", unit="run-epoch", disable=not progress)
@@ -191,7 +199,8 @@ def run_together(
         _write_failure(setups[k], Path(outs[k]), commit, reason)
 
     train_together(setups, outs, resume=resume, on_epoch=lambda k, record: bar.update(1), on_done=done,
-                   checkpoint_every=checkpoint_every, deadline=deadline, graph=graph, on_failed=failed)
+                   checkpoint_every=checkpoint_every, deadline=deadline, graph=graph, on_failed=failed,
+                   across_code=across_code)
     bar.close()
 
 
@@ -214,7 +223,8 @@ def _write_results(
     alphas = domain_alphas(s, state)
     metrics = {
         "config": portable(config),
-        "provenance": provenance(s.pair.path, s.device, commit) | {"trained_together": together, "cuda_graphs": graph},
+        "provenance": provenance(s.pair.path, s.device, commit)
+        | {"trained_together": together, "cuda_graphs": graph, "code_history": state.code_history},
         "best_epoch": max(state.best_epoch),
         "best_epochs": state.best_epoch,
         "epochs_run": state.epoch,

@@ -119,17 +119,19 @@ def _exit_with_parent(parent: int) -> None:
 
 def _train_cell(
     configs: list[Config], folders: list[Path], threads: int | None, progress: bool = False,
-    deadline: float | None = None, graph: bool = False,
+    deadline: float | None = None, graph: bool = False, across_code: bool = False,
 ) -> list[Path]:
     """Worker: train one cell, as one union graph when it holds several runs (or asked for CUDA graphs); a run
     that diverges is recorded in its failed.json and does not stop the grid."""
     if threads is not None:
         torch.set_num_threads(threads)
     if len(configs) > 1 or graph:
-        run_together(configs, folders, resume=True, progress=progress, deadline=deadline, graph=graph)
+        run_together(configs, folders, resume=True, progress=progress, deadline=deadline, graph=graph,
+                     across_code=across_code)
     else:
         try:
-            run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline)
+            run_experiment(configs[0], folders[0], resume=True, progress=progress, deadline=deadline,
+                           across_code=across_code)
         except TrainingDiverged as err:
             log.warning("%s: %s", folders[0], err)
     return folders
@@ -143,7 +145,8 @@ def run_grid(
     dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path, progress: bool = False,
     jobs: int = 1, threads: int | None = None, together: bool | None = None, deadline: float | None = None,
     graph: bool | None = None, need_model: bool = False, settings: Sequence[Mapping[str, Any]] | None = None,
-    force: bool = False, executor: str = "local", ray_address: str | None = None, **overrides: Any,
+    force: bool = False, executor: str = "local", ray_address: str | None = None, across_code: bool = False,
+    **overrides: Any,
 ) -> list[Path]:
     """Train every (variant, setting, seed) not already finished; returns the run folders in that order.
 
@@ -164,6 +167,7 @@ def run_grid(
     its best epoch so far; its metrics.json says "stopped": "time budget". The next call resumes such a run from
     its checkpoint; where the checkpoint is gone (a clone carries metrics only) the run counts as finished.
     force: replace run folders that hold another configuration's run (else those runs are refused).
+    across_code: resume checkpoints written by other code (`train._load_checkpoint`; else those runs are refused).
     A folder that cannot be read or would be overwritten does not stop the other runs: they train, then
     `GridError` names every such folder. Diverged runs (failed.json) are listed by `failures`.
     """
@@ -186,7 +190,7 @@ def run_grid(
                 try:
                     if _finished(folder, config, data_hash, need_model):
                         continue
-                    check_folder(folder, config, data_hash, resume=True, force=force)
+                    check_folder(folder, config, data_hash, resume=True, force=force, across_code=across_code)
                 except ValueError as err:
                     problems.append(str(err))
                     continue
@@ -199,15 +203,16 @@ def run_grid(
         from micrec_core.ray_executor import run_cells
 
         run_cells(_train_cell, list(cells.values()), threads, deadline, graph, gpus=1 / jobs if cuda else 0.0,
-                  address=ray_address, cpus=jobs * (threads or 1))
+                  address=ray_address, cpus=jobs * (threads or 1), across_code=across_code)
     elif jobs == 1:
         for configs, cell_folders in cells.values():
-            _train_cell(configs, cell_folders, threads, progress, deadline, graph)
+            _train_cell(configs, cell_folders, threads, progress, deadline, graph, across_code)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
-            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph) for c, f in cells.values()]
+            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph, across_code)
+                         for c, f in cells.values()]
             for done in as_completed(submitted):
                 log.info("finished %s", ", ".join(str(f) for f in done.result()))
     if problems:
@@ -245,7 +250,7 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
             "max_epochs": metrics["config"]["max_epochs"],
             "stopped": why_stopped(metrics),
             "train_seconds": metrics["train_seconds"],
-            "git_commit": metrics["provenance"]["git_commit"],
+            "git_commit": trained_by(metrics["provenance"]),
             "dataset_sha256": metrics["provenance"]["dataset_sha256"],
             "device": metrics["provenance"]["device"],
         }
@@ -262,6 +267,15 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trained_by(provenance: dict[str, Any]) -> str | None:
+    """The git commit that trained a run; a run resumed across code (`code_history`) lists each segment's, joined
+    by "+" in training order (a segment without a known commit shows as "unknown")."""
+    segments = provenance.get("code_history", [])
+    if len(segments) < 2:
+        return provenance["git_commit"]
+    return "+".join(segment["git_commit"] or "unknown" for segment in segments)
+
+
 def why_stopped(metrics: dict[str, Any]) -> str:
     """Why a run in metrics.json stopped: 'early stop', 'max_epochs' or 'time budget' (files of any version)."""
     config = metrics["config"]
@@ -272,7 +286,8 @@ def provenance_table(run_info: pd.DataFrame) -> pd.DataFrame:
     """Per run (rows of `collect`, one per run): commit, data hash, device, epochs, seconds and why it stopped."""
     table = run_info[["git_commit", "dataset_sha256", "device", "max_epochs", "epochs_run", "best_epoch",
                       "train_seconds", "stopped"]].copy()
-    table["git_commit"] = table["git_commit"].fillna("unknown").str[:10]
+    table["git_commit"] = [
+        "+".join(part[:10] for part in commit.split("+")) for commit in table["git_commit"].fillna("unknown")]
     table["dataset_sha256"] = table["dataset_sha256"].str[:12]
     table["train_seconds"] = table["train_seconds"].round(1)
     return table

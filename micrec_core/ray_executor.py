@@ -32,7 +32,7 @@ def import_ray() -> ModuleType:
 
 def run_cells(
     train_cell: Callable[..., list[Path]], cells: list[tuple[list[Config], list[Path]]], threads: int | None,
-    deadline: float | None, graph: bool, gpus: float, address: str | None, cpus: int,
+    deadline: float | None, graph: bool, gpus: float, address: str | None, cpus: int, across_code: bool = False,
 ) -> None:
     """Train every cell as one Ray task running `train_cell` (`grid._train_cell`); once all have ended, raise the
     first error, if any (a task's own error, as the local executor does, or a RuntimeError naming the cell whose
@@ -41,6 +41,7 @@ def run_cells(
     gpus: the GPU share each task declares (0 on a CPU). address: a running cluster to connect to (the driver
     disconnects at the end, the cluster stays up); None: start a local Ray with `cpus` CPUs for this call and shut
     it down at the end. A Ray this process already started (`ray.init`) is used as it is and left running.
+    across_code: passed on to `train_cell` (resume checkpoints written by other code).
     """
     if not cells:
         return
@@ -51,8 +52,8 @@ def run_cells(
         ray.init(**settings)
     try:
         task = ray.remote(num_cpus=threads or 1, num_gpus=gpus)(train_cell)
-        pending = {task.remote(configs, [f.absolute() for f in folders], threads, False, deadline, graph): folders
-                   for configs, folders in cells}
+        pending = {task.remote(configs, [f.absolute() for f in folders], threads, False, deadline, graph,
+                               across_code): folders for configs, folders in cells}
         error: BaseException | None = None
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)

@@ -17,6 +17,7 @@ tensors and numbers only: it loads with `weights_only=True`), and `resume` conti
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import torch
 
 from micrec_core.atomic import atomic_path
 from micrec_core.config import MAX_SEED, Config
-from micrec_core.dataset import PairData, dataset_sha256
+from micrec_core.dataset import PairData, code_version, dataset_sha256
 from micrec_core.metrics import Rows, block_users, ranking_metrics, score_rows, topk_blocked
 from micrec_core.model import ItemModalities, alpha_at
 from micrec_core.provenance import code_sha256
@@ -37,6 +38,9 @@ from micrec_core.registry import model_class
 
 CHECKPOINT = "checkpoint.pt"
 GRAD_EVERY = 5  # epochs between two gradient-ratio records in the history
+REPLAY_TOLERANCE = 1e-6  # validation NDCG a resumed checkpoint must reproduce under new code
+CODE_HINT = ("continue it under this code with --resume-across-code, which records both code versions in the run, "
+             "or remove it to retrain")
 EXPLOSION = 100.0  # a loss term whose size exceeds this factor of its first epoch's (or of 1) has diverged
 START = "start/"  # the first epoch's record also holds each term at the run's first step, before any update
 
@@ -158,6 +162,7 @@ class TrainState:
     best_params: list[dict[str, torch.Tensor]] = field(default_factory=list)
     best_alpha: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
+    code_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -189,12 +194,13 @@ class Run:
 
 def start_run(
     s: Setup, run_dir: Path | None, resume: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
-    checkpoint_every: float = 0.0,
+    checkpoint_every: float = 0.0, across_code: bool = False,
 ) -> Run:
     """Optimizer, generator seeded by config.seed and a fresh state, or all three from the run's checkpoint.
 
     A checkpoint is written after an epoch once `checkpoint_every` seconds have passed since the last one (0:
     every epoch), and after the last epoch; a resumed run repeats at most that much work, to the same result.
+    across_code: continue a checkpoint written by other code (`_load_checkpoint`).
     """
     c = s.config
     optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr, fused=True)
@@ -204,9 +210,10 @@ def start_run(
     state = TrainState(best_score=[-math.inf] * len(groups), best_epoch=[-1] * len(groups))
     state.best_params = [{} for _ in groups]
     state.best_alpha = [alpha_at(0)] * len(groups)
+    state.code_history = [code_segment(0)]
     checkpoint = None if run_dir is None else Path(run_dir) / CHECKPOINT
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, s, optimizer, generator)
+        state = _load_checkpoint(checkpoint, s, optimizer, generator, across_code)
     s.model.train()
     return Run(s, optimizer, generator, state, checkpoint, on_epoch, checkpoint_every)
 
@@ -289,13 +296,15 @@ def train(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
+    across_code: bool = False,
 ) -> TrainState:
     """Train to early stop (or max_epochs), checkpointing every epoch; restores the best weights at the end.
 
     deadline: a `time.time()` after which no further epoch starts (the run then keeps its best epoch so far).
+    across_code: resume a checkpoint written by other code (`_load_checkpoint`).
     Raises `TrainingDiverged` when the loss goes non-finite or explodes.
     """
-    run = start_run(s, run_dir, resume, on_epoch)
+    run = start_run(s, run_dir, resume, on_epoch, across_code=across_code)
     while not run.done:
         started = time.perf_counter()
         alpha = alpha_at(run.state.epoch)
@@ -359,23 +368,68 @@ def _origin(s: Setup) -> dict[str, str | None]:
     return {"dataset_sha256": dataset_sha256(s.pair.path), "code_sha256": code_sha256()}
 
 
+def code_segment(epoch: int) -> dict[str, Any]:
+    """An entry of `TrainState.code_history`: the code (package sha256, git commit) that trains from `epoch` on."""
+    return {"from_epoch": epoch, "code_sha256": code_sha256(), "git_commit": code_version()["git_commit"]}
+
+
+def _legacy_code_history(path: Path, code: str | None) -> list[dict[str, Any]]:
+    """The code history of a checkpoint written before runs kept one: its code from epoch 0, with the git commit
+    of the metrics.json beside it when that file was written by the same code."""
+    metrics = path.parent / "metrics.json"
+    provenance = json.loads(metrics.read_text())["provenance"] if metrics.is_file() else {}
+    commit = provenance.get("git_commit") if provenance.get("code_sha256") == code else None
+    return [{"from_epoch": 0, "code_sha256": code, "git_commit": commit}]
+
+
 def _load_checkpoint(
-    path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator, across_code: bool = False
 ) -> TrainState:
-    """Restore a checkpoint written by `_save_checkpoint`; config, data and code must match the run's."""
+    """Restore a checkpoint written by `_save_checkpoint`; config and data must match the run's, and so must the
+    code unless `across_code`.
+
+    Across a code change the checkpoint's model is first validated by this code, which must reproduce the
+    validation NDCG its last epoch recorded (REPLAY_TOLERANCE): a change to how the model represents or scores is
+    refused; one to how it trains is not detectable so, which is why continuing is opt-in. The new code's
+    segment is appended to the run's `code_history` (metrics.json's provenance), so the result says that two
+    versions trained it.
+    """
     try:
         payload = torch.load(path, map_location=s.device, weights_only=True)
     except Exception as err:  # an unpickler refusal, a truncated file: either way this checkpoint cannot be used
         raise ValueError(f"{path}: not a checkpoint this version can read ({err}); remove it to retrain") from err
     saved = Config.from_dict(payload["config"]).to_dict()
     differing = sorted(k for k, v in s.config.to_dict().items() if saved.get(k) != v and k != "max_epochs")
-    differing += sorted(k for k, v in _origin(s).items() if payload.get("origin", {}).get(k) != v)
+    origin = payload.get("origin", {})
+    differing += sorted(k for k, v in _origin(s).items() if origin.get(k) != v and k != "code_sha256")
     if differing:
         raise ValueError(
             f"{path}: checkpoint was written with a different {', '.join(differing)}; "
             "remove it or train into another folder"
         )
+    other_code = origin.get("code_sha256") != code_sha256()
+    if other_code and not across_code:
+        raise ValueError(f"{path}: checkpoint was written with a different code_sha256 ({CODE_HINT})")
     s.model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"].cpu())  # map_location moved the CPU byte state to the device
-    return TrainState(**copy.deepcopy(payload["state"]))
+    state = TrainState(**copy.deepcopy(payload["state"]))
+    if not state.code_history:
+        state.code_history = _legacy_code_history(path, origin.get("code_sha256"))
+    if other_code:
+        _replay_validation(path, s, state)
+        state.code_history.append(code_segment(state.epoch))
+    return state
+
+
+def _replay_validation(path: Path, s: Setup, state: TrainState) -> None:
+    """Validate the checkpoint's model with this code; refuse when it does not reproduce the recorded NDCG."""
+    last = state.history[-1]
+    recorded = [last[f"val_ndcg@{s.config.val_n}/{d.name}"] for d in s.pair.domains]
+    replayed = validate(s, last["alpha"])
+    if any(abs(a - b) > REPLAY_TOLERANCE for a, b in zip(recorded, replayed, strict=True)):
+        raise ValueError(
+            f"{path}: this code validates the checkpoint's model (epoch {last['epoch']}) at NDCG@{s.config.val_n} "
+            f"{[round(v, 6) for v in replayed]}, not the {[round(v, 6) for v in recorded]} recorded: the code change "
+            "alters the model; remove the checkpoint to retrain"
+        )

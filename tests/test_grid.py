@@ -320,3 +320,28 @@ def test_no_run_file_carries_a_path_of_the_machine(tiny_dataset: Path, tmp_path:
         assert machine not in (folder / name).read_text(), name
     assert json.loads((folder / "metrics.json").read_text())["config"]["dataset"] == tiny_dataset.name
     assert machine not in str(torch.load(folder / "model.pt", weights_only=True)["config"])
+
+
+def test_a_budget_stopped_run_of_older_code_resumes_only_when_asked_and_says_so(tiny_dataset: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    small = {"dim": 8, "max_epochs": 3, "batches_per_epoch": 2, "device": "cpu"}
+    run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "whole", **small)
+    (folder,) = run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "split", deadline=time.time(), **small)
+    payload = torch.load(folder / "checkpoint.pt", weights_only=True)
+    del payload["state"]["code_history"]  # a checkpoint written before runs kept their code history
+    torch.save(payload, folder / "checkpoint.pt")
+    first = json.loads((folder / "metrics.json").read_text())["provenance"]
+    for module in ("micrec_core.train", "micrec_core.experiment"):
+        monkeypatch.setattr(f"{module}.code_sha256", lambda: "f" * 64)
+    with pytest.raises(GridError, match=r"lightgcn/seed0: its checkpoint \(epoch 1\) was written by other code"):
+        run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "split", **small)
+    assert json.loads((folder / "metrics.json").read_text())["stopped"] == "time budget"
+    run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "split", across_code=True, **small)
+    resumed = json.loads((folder / "metrics.json").read_text())
+    whole = json.loads((tmp_path / "whole" / folder.relative_to(tmp_path / "split") / "metrics.json").read_text())
+    assert resumed["stopped"] == "max_epochs" and resumed["test"] == whole["test"]
+    assert [(c["from_epoch"], c["code_sha256"], c["git_commit"]) for c in resumed["provenance"]["code_history"]] == [
+        (0, first["code_sha256"], first["git_commit"]), (1, "f" * 64, first["git_commit"])]
+    commits = collect(tmp_path / "split", tiny_dataset)["git_commit"]
+    commit = first["git_commit"] or "unknown"
+    assert set(commits) == {f"{commit}+{commit}"}

@@ -101,6 +101,38 @@ def test_resume_rejects_a_different_config_or_data(tiny_pair: PairData, tmp_path
         run(tiny_pair, quick(max_epochs=2), run_dir=tmp_path, resume=True)
 
 
+def test_resume_across_code_is_opt_in_replayed_and_recorded(tiny_pair: PairData, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    config = quick(max_epochs=4)
+    _, full_state, full_test = run(tiny_pair, config, run_dir=tmp_path / "full")
+    assert [c["from_epoch"] for c in full_state.code_history] == [0]
+
+    def kill_after_two(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tiny_pair, config, run_dir=tmp_path / "killed", on_epoch=kill_after_two)
+    written_by = full_state.code_history[0]["code_sha256"]
+    monkeypatch.setattr("micrec_core.train.code_sha256", lambda: "f" * 64)
+    with pytest.raises(ValueError, match=r"different code_sha256 \(continue it under this code with --resume-across"):
+        run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True)
+    payload = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
+    recorded = payload["state"]["history"][-1]
+    key = next(k for k in recorded if k.startswith("val_ndcg"))
+    recorded[key] += 0.01  # as if this code scored the checkpoint's model differently
+    torch.save(payload, tmp_path / "changed.pt")
+    (tmp_path / "changed").mkdir()
+    (tmp_path / "changed.pt").rename(tmp_path / "changed" / CHECKPOINT)
+    with pytest.raises(ValueError, match="the code change alters the model"):
+        run(tiny_pair, config, run_dir=tmp_path / "changed", resume=True, across_code=True)
+    _, resumed_state, resumed_test = run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True,
+                                         across_code=True)
+    assert resumed_test == full_test and resumed_state.history == full_state.history
+    assert [(c["from_epoch"], c["code_sha256"]) for c in resumed_state.code_history] == [(0, written_by),
+                                                                                         (2, "f" * 64)]
+
+
 def _perturbed(pair: PairData) -> PairData:
     """The same pair with E_new, E_val and E_test replaced by other random edges."""
     gen = torch.Generator().manual_seed(9)
