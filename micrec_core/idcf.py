@@ -89,6 +89,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from micrec_core.config import Config
@@ -160,9 +161,17 @@ class Relation(nn.Module):
         return torch.softmax(logits, dim=-1)
 
     def forward(self, m: torch.Tensor, keys: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
-        """[n, d] estimates W_o [Σ_k a^h_{u,k} W_v^h e_k]_h of the rows of m (own keys left out)."""
+        """[n, d] estimates W_o [Σ_k a^h_{u,k} W_v^h e_k]_h of the rows of m (own keys left out).
+
+        The weights are `attention`'s, fused with the values by `scaled_dot_product_attention` (scale 1: the logits
+        are plain inner products), which never holds the [H, n, K] weights: 2-2.5x faster forward and backward on
+        a CPU for a 4,750-key domain, equal to the explicit form within float rounding (bench/RESULTS.md).
+        """
+        q = torch.einsum("nd,hed->hne", m, self.query)
+        k = torch.einsum("kd,hed->hke", keys, self.key)
         values = torch.einsum("kd,hed->hke", keys, self.value)
-        mixed = self.attention(m, keys, own) @ values  # [H, n, d]
+        others = None if own is None else own.unsqueeze(1) != torch.arange(keys.shape[0], device=own.device)
+        mixed = F.scaled_dot_product_attention(q[None], k[None], values[None], attn_mask=others, scale=1.0)[0]
         return self.out(mixed.transpose(0, 1).reshape(m.shape[0], -1))
 
 

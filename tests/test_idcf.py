@@ -94,6 +94,24 @@ def test_heads_are_concatenated_before_the_output_map() -> None:
     torch.testing.assert_close(relation(m, keys), expected)
 
 
+def test_the_fused_estimate_and_its_gradients_equal_the_explicit_attention_with_own_keys_left_out() -> None:
+    torch.manual_seed(0)
+    relation = Relation(8, heads=3)
+    m, keys = torch.randn(40, 8, requires_grad=True), torch.randn(30, 8)
+    own = torch.randint(-1, 30, (40,))
+    explicit = torch.cat([relation.attention(m, keys, own)[h] @ (keys @ relation.value[h].T) for h in range(3)],
+                         dim=1) @ relation.out.weight.T
+    fused = relation(m, keys, own)
+    torch.testing.assert_close(fused, explicit)
+    weight = torch.randn(40, 8)
+    grads = [torch.autograd.grad((out * weight).sum(), [m, relation.query, relation.key, relation.value])
+             for out in (fused, explicit)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    assert (relation.attention(m, keys, own)[:, own >= 0].gather(
+        2, own[own >= 0].expand(3, -1).unsqueeze(2)) == 0).all()
+
+
 def test_every_entity_is_the_relation_estimate_over_the_other_keys() -> None:
     domain, _ = small_domain()
     phase = build_phase(EDGES, 5, 4, domain.user_key, domain.item_key, torch.device("cpu"))
