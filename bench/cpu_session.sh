@@ -28,8 +28,8 @@
 #      runs issue #13 needs (stages 1-4) come first.
 # Measured on Beauty x Electronics (2 cores, one run at 2 torch threads, 2026-12-03): LightGCN, INMO and MICRec take
 # ~5-6 s an epoch, UniCDR, PPA, Mult-VAE, XSimGCL and IMC-GAE 4-9 s, AlphaRec ~13 s, NGCF ~15 s, SGL ~25 s, IDCF
-# ~85 s (about half since its fused attention), NeuMF ~100 s with its validation (bench/RESULTS.md); early stopping comes after 100-200 epochs,
-# so the stages take many sessions: a GPU (bench/gpu_session.sh) trains them far faster.
+# ~85 s (about half since its fused attention), NeuMF ~100 s with its validation (bench/RESULTS.md); early stopping
+# comes after 100-200 epochs, so the stages take many sessions: a GPU (bench/gpu_session.sh) trains them far faster.
 set -uo pipefail
 PAIR=${PAIR:-Beauty,Electronics}
 NAME=${PAIR/,/_}
