@@ -65,6 +65,15 @@ def portable(config: Config) -> dict[str, Any]:
     return config.to_dict() | {"dataset": Path(config.dataset).name}
 
 
+def _read_checkpoint(out: Path) -> dict[str, Any]:
+    """OUT/checkpoint.pt on the CPU; one that cannot be read is a ValueError naming it."""
+    try:
+        return torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file, an unpickler refusal: this checkpoint cannot be used
+        raise ValueError(f"{out / CHECKPOINT}: not a checkpoint this version can read ({err}); remove it to "
+                         "retrain") from err
+
+
 def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
     """The config a run folder holds, the data sha256 it was trained on (when recorded) and the file saying so."""
     for name in ("metrics.json", FAILED_FILE):
@@ -72,7 +81,7 @@ def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
             record = read_json(out / name)
             return record["config"], record["provenance"]["dataset_sha256"], name
     if (out / CHECKPOINT).is_file():
-        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        payload = _read_checkpoint(out)
         return payload["config"], payload["origin"]["dataset_sha256"], CHECKPOINT
     if (out / "config.json").is_file():
         return read_json(out / "config.json"), None, "config.json"
@@ -112,7 +121,7 @@ def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force:
         raise ValueError(f"{out} already holds a run of this configuration ({', '.join(present)}); resume it "
                          "(--resume) or start over (--force)")
     if (out / CHECKPOINT).is_file():
-        payload = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        payload = _read_checkpoint(out)
         epoch, code = payload["state"]["epoch"], payload.get("origin", {}).get("code_sha256")
         if code != code_sha256() and not across_code:
             raise ValueError(f"{out}: its checkpoint (epoch {epoch}) was written by other code (sha256 "

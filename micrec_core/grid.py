@@ -168,8 +168,9 @@ def run_grid(
     its checkpoint; where the checkpoint is gone (a clone carries metrics only) the run counts as finished.
     force: replace run folders that hold another configuration's run (else those runs are refused).
     across_code: resume checkpoints written by other code (`train._load_checkpoint`; else those runs are refused).
-    A folder that cannot be read or would be overwritten does not stop the other runs: they train, then
-    `GridError` names every such folder. Diverged runs (failed.json) are listed by `failures`.
+    A folder that cannot be read or would be overwritten, or a cell that raises while training (a checkpoint
+    refused on loading, say), does not stop the other runs: they train, then `GridError` names every such folder
+    and error (a raising cell's traceback goes to the log). Diverged runs (failed.json) are listed by `failures`.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -178,6 +179,8 @@ def run_grid(
     cuda = pick_device(overrides.get("device", "auto")).type == "cuda"
     together = cuda if together is None else together
     graph = together and cuda if graph is None else graph
+    if graph and not cuda:
+        raise ValueError(f"CUDA graphs need a CUDA device, got {overrides.get('device', 'auto')}")
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
     folders, cells, problems = [], {}, []
@@ -206,18 +209,30 @@ def run_grid(
                   address=ray_address, cpus=jobs * (threads or 1), across_code=across_code)
     elif jobs == 1:
         for configs, cell_folders in cells.values():
-            _train_cell(configs, cell_folders, threads, progress, deadline, graph, across_code)
+            try:
+                _train_cell(configs, cell_folders, threads, progress, deadline, graph, across_code)
+            except Exception as err:  # recorded, named in the GridError, and the grid goes on
+                problems.append(_cell_failure(cell_folders, err))
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
-            submitted = [pool.submit(_train_cell, c, f, threads, False, deadline, graph, across_code)
-                         for c, f in cells.values()]
+            submitted = {pool.submit(_train_cell, c, f, threads, False, deadline, graph, across_code): f
+                         for c, f in cells.values()}
             for done in as_completed(submitted):
-                log.info("finished %s", ", ".join(str(f) for f in done.result()))
+                try:
+                    log.info("finished %s", ", ".join(str(f) for f in done.result()))
+                except Exception as err:  # as above
+                    problems.append(_cell_failure(submitted[done], err))
     if problems:
         raise GridError("runs not trained (every other run of the grid was):\n- " + "\n- ".join(problems))
     return folders
+
+
+def _cell_failure(folders: list[Path], err: Exception) -> str:
+    """Log a cell that raised (with its traceback) and say which runs it left untrained and why."""
+    log.error("cell %s raised", ", ".join(str(f) for f in folders), exc_info=err)
+    return f"{', '.join(str(f) for f in folders)}: {type(err).__name__}: {err}"
 
 
 def failures(folders: Iterable[Path]) -> dict[Path, str]:

@@ -345,3 +345,23 @@ def test_a_budget_stopped_run_of_older_code_resumes_only_when_asked_and_says_so(
     commits = collect(tmp_path / "split", tiny_dataset)["git_commit"]
     commit = first["git_commit"] or "unknown"
     assert set(commits) == {f"{commit}+{commit}"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_cell_that_raises_while_training_is_named_and_the_others_train(tiny_dataset: Path, tmp_path: Path,
+                                                                         jobs: int) -> None:
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    broken, other = run_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, deadline=time.time(), **small)
+    payload = torch.load(broken / "checkpoint.pt", weights_only=True)
+    payload["model"].pop(next(iter(payload["model"])))  # passes the folder check, fails loading in the worker
+    torch.save(payload, broken / "checkpoint.pt")
+    (run_dir(tmp_path, tiny_dataset, "lightgcn", 0)).mkdir(parents=True)
+    (run_dir(tmp_path, tiny_dataset, "lightgcn", 0) / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(GridError) as refused:
+        run_grid(tiny_dataset, ["inmo", "lightgcn"], [0, 1], tmp_path, jobs=jobs, threads=1, **small)
+    message = str(refused.value)
+    assert f"{broken}: RuntimeError: Error(s) in loading state_dict" in message
+    assert "lightgcn/seed0/checkpoint.pt: not a checkpoint this version can read" in message
+    for folder in (other, run_dir(tmp_path, tiny_dataset, "lightgcn", 1)):
+        assert json.loads((folder / "metrics.json").read_text())["stopped"] == "max_epochs"
+    assert json.loads((broken / "metrics.json").read_text())["stopped"] == "time budget"
