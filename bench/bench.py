@@ -3,7 +3,7 @@
 Usage: python bench/bench.py --dataset DIR [--models micrec,inmo,lightgcn] [--device cpu|cuda] [--epochs 3]
        [--together K] [--union] [--graph] [--compile] [--early-stop] [--profile]
 --models takes any `micrec grid` variant (micrec, no-mm, ..., inmo, lightgcn). With --together K, K seeds train
-as one union graph (`micrec_core.batched`); steps/s then counts the optimizer steps of all K runs (K per union
+as one union graph (`micrec_core.training.batched`); steps/s then counts the optimizer steps of all K runs (K per union
 step), the figure to compare with the plain path's. --union puts every model of --models x K seeds in ONE union,
 as `micrec grid` does on a GPU; --graph replays each epoch of the union from a CUDA graph. Prints one line per model
 (one for the union); a figure, not a test.
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from micrec_core.batched import Together, epoch_steps, train_together, validate_together
-from micrec_core.dataset import load_pair
-from micrec_core.grid import variant_config
-from micrec_core.inference import evaluate_test
-from micrec_core.model import alpha_at
-from micrec_core.train import setup, start_run, train, train_step, validate
+from micrec_core.data.dataset import load_pair
+from micrec_core.evaluation.inference import evaluate_test
+from micrec_core.models.micrec import alpha_at
+from micrec_core.models.setup import setup
+from micrec_core.runs.grid import variant_config
+from micrec_core.training.batched import Together, epoch_steps, train_together, validate_together
+from micrec_core.training.train import start_run, train, train_step, validate
 
 
 def sync(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 For each size N, bench/make_reviews.py writes a pair of categories of N/2 reviews each (sharing reviewers, in a
 release layout, gzipped), then each engine builds the pair in a fresh subprocess (`build_dataset(..., engine=)`,
-5-core by default). The default engine is "arrow" (micrec_core.columnar); "python" is the line reader it replaced,
+5-core by default). The default engine is "arrow" (micrec_core.data.columnar); "python" is the line reader it replaced,
 run up to --python-max reviews for comparison, and where both ran the two builds are checked to be the same
 dataset (dataset_sha256). Printed: a table of reviews, engine, build seconds, peak RSS of the build process (its
 VmHWM, so Linux only) and interactions kept; --out writes the figures as JSON.
@@ -26,16 +26,16 @@ from typing import Any
 
 from make_reviews import LAYOUTS, write_pair
 
-from micrec_core.atomic import write_json
-from micrec_core.dataset import code_version
-from micrec_core.provenance import code_sha256
+from micrec_core.data.atomic import write_json
+from micrec_core.data.dataset import code_version
+from micrec_core.training.provenance import code_sha256
 
 # Runs in the child: build, then report seconds, peak RSS (VmHWM of the process, Linux; also after the imports,
 # torch's included; ru_maxrss would count the parent's RSS at fork), the 1-minute load average before the build
 # (other work on the machine) and what was kept.
 CHILD = """
 import json, os, sys, time
-from micrec_core.dataset import SplitParams, build_dataset, dataset_sha256
+from micrec_core.data.dataset import SplitParams, build_dataset, dataset_sha256
 
 def peak_mb():
     status = open("/proc/self/status").read()

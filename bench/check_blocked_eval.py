@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from micrec_core.experiment import load_run
-from micrec_core.inference import evaluate_test
+from micrec_core.evaluation.inference import evaluate_test
+from micrec_core.runs.experiment import load_run
 
 
 def largest_difference(a: Any, b: Any) -> float:

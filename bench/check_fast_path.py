@@ -4,7 +4,7 @@ Usage: python bench/check_fast_path.py --dataset DIR [--device cuda] [--variants
        [--epochs 3] [--graph]
 Trains each (variant, seed) alone (`train.train`) and all as one union graph (`batched.train_together`), then
 compares every epoch's loss and validation NDCG, the final scores and the test metrics. Prints the largest
-differences; exits 1 beyond the tolerances of `micrec_core.batched` (LOSS_RTOL, SCORE_RTOL, RANKING_ATOL).
+differences; exits 1 beyond the tolerances of `micrec_core.training.batched` (LOSS_RTOL, SCORE_RTOL, RANKING_ATOL).
 tests/test_batched.py asserts the same on CPU; this is its check before GPU timings.
 """
 
@@ -14,11 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from micrec_core.batched import LOSS_RTOL, RANKING_ATOL, SCORE_RTOL, train_together
-from micrec_core.dataset import load_pair
-from micrec_core.grid import variant_config
-from micrec_core.inference import evaluate_test, inference_scores
-from micrec_core.train import domain_alphas, setup, train
+from micrec_core.data.dataset import load_pair
+from micrec_core.evaluation.inference import evaluate_test, inference_scores
+from micrec_core.models.setup import setup
+from micrec_core.runs.grid import variant_config
+from micrec_core.training.batched import LOSS_RTOL, RANKING_ATOL, SCORE_RTOL, train_together
+from micrec_core.training.train import domain_alphas, train
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict[str, float]:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from micrec_core.atomic import atomic_path
+from micrec_core.data.atomic import atomic_path
 
 LAYOUTS = ("2014", "2018", "2023")
 CHUNK = 500_000  # reviews made and compressed at a time

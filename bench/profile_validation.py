@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from micrec_core.dataset import load_pair
-from micrec_core.grid import variant_config
-from micrec_core.train import setup, validate
+from micrec_core.data.dataset import load_pair
+from micrec_core.models.setup import setup
+from micrec_core.runs.grid import variant_config
+from micrec_core.training.train import validate
 
 
 def main() -> None:

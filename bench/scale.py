@@ -43,14 +43,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from micrec_core.atomic import write_json
-from micrec_core.chapters import growth_exponent
 from micrec_core.config import Config
-from micrec_core.dataset import DomainData, PairData, code_version
-from micrec_core.inference import evaluate_test
-from micrec_core.model import ItemModalities, alpha_at
-from micrec_core.provenance import code_sha256
-from micrec_core.train import setup, train_step, validate
+from micrec_core.data.atomic import write_json
+from micrec_core.data.dataset import DomainData, PairData, code_version
+from micrec_core.evaluation.inference import evaluate_test
+from micrec_core.models.micrec import ItemModalities, alpha_at
+from micrec_core.models.setup import setup
+from micrec_core.runs.chapters import growth_exponent
+from micrec_core.training.provenance import code_sha256
+from micrec_core.training.train import train_step, validate
 
 TEXT_DIM, IMAGE_DIM = 384, 1280
 SEEN = 0.8

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from micrec_core.amazon import RELEASES
 from micrec_core.config import ABLATIONS, BEST_EPOCHS, CL_LOSSES, REDUCTIONS, SE_WEIGHTS, Config
-from micrec_core.registry import REGISTRY
+from micrec_core.data.amazon import RELEASES
+from micrec_core.models.registry import REGISTRY
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -32,7 +32,7 @@ def _print(obj: object) -> None:
 
 def cmd_download(args: argparse.Namespace) -> None:
     """micrec data download."""
-    from micrec_core.download import download_category
+    from micrec_core.data.download import download_category
 
     _print(
         download_category(
@@ -44,7 +44,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_build(args: argparse.Namespace) -> None:
     """micrec data build."""
-    from micrec_core.dataset import SplitParams, build_dataset
+    from micrec_core.data.dataset import SplitParams, build_dataset
 
     params = SplitParams(seed=args.seed, min_count=args.min_count, min_rating=args.min_rating)
     _print(build_dataset(Path(args.raw), args.pair, Path(args.out), args.release, params, args.skip_bad_lines))
@@ -52,14 +52,14 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """micrec data synth."""
-    from micrec_core.synth import synthesize
+    from micrec_core.data.synth import synthesize
 
     _print(synthesize(Path(args.out), seed=args.seed, size=args.size))
 
 
 def cmd_features(args: argparse.Namespace) -> None:
     """micrec features."""
-    from micrec_core.features import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, encode_features
+    from micrec_core.data.features import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, encode_features
 
     _print(
         encode_features(
@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """micrec train."""
     import torch
 
-    from micrec_core.experiment import run_experiment
+    from micrec_core.runs.experiment import run_experiment
 
     config = Config(
         model=args.model, ablation=args.ablation, dataset=str(Path(args.dataset).resolve()), seed=args.seed,
@@ -151,8 +151,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """micrec grid."""
-    from micrec_core.grid import failures, run_grid
-    from micrec_core.sweep import expand
+    from micrec_core.runs.grid import failures, run_grid
+    from micrec_core.runs.sweep import expand
 
     choice = {"auto": None, "yes": True, "no": False}
     together, graph = choice[args.together], choice[args.graph]
@@ -172,7 +172,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
-    from micrec_core.reproduce import reproduce, summary_lines
+    from micrec_core.runs.reproduce import reproduce, summary_lines
 
     raw = None if args.raw is None else Path(args.raw)
     chapter_params = dict(_key_value(spec, "--chapter") for spec in args.chapter)

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from micrec_core.registry import REGISTRY, model_class
+from micrec_core.models.registry import REGISTRY, model_class
 
 ABLATIONS = ("no-mm", "no-cd", "no-vis", "no-txt")
 CL_LOSSES = ("paper", "infonce")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from micrec_core.dataset import PairData, SplitParams, build_dataset, load_pair
-from micrec_core.model import ItemModalities
+from micrec_core.data.dataset import PairData, SplitParams, build_dataset, load_pair
+from micrec_core.models.micrec import ItemModalities
 
 
 def write_random_domain(root: Path, name: str, seed: int, n_users: int = 90, n_items: int = 50, n: int = 2600) -> None:

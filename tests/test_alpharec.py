@@ -1,5 +1,5 @@
-"""AlphaRec (micrec_core.alpharec): its equations by hand, what its gradient reaches, how it meets unseen users and
-items, and the recorded fallback for items and domains without text. The interface's generic tests (determinism,
+"""AlphaRec (micrec_core.models.alpharec): its equations by hand, what its gradient reaches, how it meets unseen users
+and items, and the recorded fallback for items and domains without text. The interface's generic tests (determinism,
 finite scores, no leakage) run for it from tests/test_registry.py."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from micrec_core import alpharec
-from micrec_core.alpharec import DomainAlpha, build_phase, cosine_factors, infonce_loss
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.inference import inference_scores, recommend_new
-from micrec_core.model import ItemModalities
-from micrec_core.recommender import dense
-from micrec_core.train import domain_alphas, setup, train, train_step
+from micrec_core.data.dataset import PairData
+from micrec_core.evaluation.inference import inference_scores, recommend_new
+from micrec_core.models import alpharec
+from micrec_core.models.alpharec import DomainAlpha, build_phase, cosine_factors, infonce_loss
+from micrec_core.models.micrec import ItemModalities
+from micrec_core.models.recommender import dense
+from micrec_core.models.setup import setup
+from micrec_core.training.train import domain_alphas, train, train_step
 from tests.conftest import random_features
 
 
@@ -274,7 +275,7 @@ def test_brand_new_users_and_items_are_scored(tiny_pair: PairData) -> None:
 def test_a_run_s_metrics_report_the_fallback(tiny_dataset: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from micrec_core.cli import main
-    from micrec_core.dataset import load_pair
+    from micrec_core.data.dataset import load_pair
 
     pair = load_pair(tiny_dataset)
     feats = {data.name: f for data, f in zip(pair.domains, textless(random_features(pair), 1), strict=True)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from micrec_core.amazon import BadLineError, RawDataError, find_file, read_meta, read_reviews
+from micrec_core.data.amazon import BadLineError, RawDataError, find_file, read_meta, read_reviews
 
 
 def write_lines(path: Path, lines: list[str], gz: bool) -> Path:

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from micrec_core.batched import (
+from micrec_core.config import Config
+from micrec_core.data.dataset import PairData
+from micrec_core.evaluation.inference import evaluate_test, inference_scores
+from micrec_core.models.micrec import alpha_at
+from micrec_core.models.setup import setup
+from micrec_core.training.batched import (
     LOSS_RTOL,
     RANKING_ATOL,
     SCORE_RTOL,
@@ -18,11 +23,7 @@ from micrec_core.batched import (
     union_phase,
     validate_together,
 )
-from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, inference_scores
-from micrec_core.model import alpha_at
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, start_run, train, train_step, validate
+from micrec_core.training.train import CHECKPOINT, domain_alphas, start_run, train, train_step, validate
 from tests.conftest import random_features
 from tests.test_training import quick
 
@@ -89,7 +90,7 @@ def test_runs_validated_together_score_as_each_run_alone(tiny_pair: PairData, mo
     epoch_steps(together, alpha_at(0), 3)
     if block is not None:  # blocks of 1 and 2 runs' scores instead of all three at once
         n_scores = max(p.n_users * p.n_items for p in setups[0].model.train_phases)
-        monkeypatch.setattr("micrec_core.batched.SCORE_BLOCK", block * n_scores)
+        monkeypatch.setattr("micrec_core.training.batched.SCORE_BLOCK", block * n_scores)
     batched = validate_together(together, alpha_at(3))
     alone = [validate(s, alpha_at(3)) for s in setups]
     assert len(batched) == len(alone) == 3 and len({tuple(v) for v in alone}) == 3  # the runs score differently

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from micrec_core.chapters import caption, growth_exponent, largest_within, train_grid, wide
-from micrec_core.compare import mean_std
-from micrec_core.grid import collect
-from micrec_core.registry import REGISTRY, TABLE2, table2_models
+from micrec_core.evaluation.compare import mean_std
+from micrec_core.models.registry import REGISTRY, TABLE2, table2_models
+from micrec_core.runs.chapters import caption, growth_exponent, largest_within, train_grid, wide
+from micrec_core.runs.grid import collect
 
 
 def test_train_grid_says_what_it_reused(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,7 +46,7 @@ def test_table2_rows_follow_the_paper_and_the_registry() -> None:
 
 
 def test_the_protocol_note_is_true_for_the_parameters_it_is_given() -> None:
-    from micrec_core.chapters import protocol_note
+    from micrec_core.runs.chapters import protocol_note
 
     capped = protocol_note("SYNTHETIC data", 60, 1)
     assert "`max_epochs = 60`, not the paper's protocol" in capped and "1 training seed," in capped

@@ -1,5 +1,5 @@
-"""The arrow engine (micrec_core.columnar) reads and builds exactly what the python line reader does, in every release
-layout, and leaves bad lines to the line reader's file:line errors."""
+"""The arrow engine (micrec_core.data.columnar) reads and builds exactly what the python line reader does, in every
+release layout, and leaves bad lines to the line reader's file:line errors."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from micrec_core import columnar
-from micrec_core.amazon import BadLineError, RawDataError, read_reviews
-from micrec_core.columnar import scan_reviews
-from micrec_core.dataset import SplitParams, build_dataset
+from micrec_core.data import columnar
+from micrec_core.data.amazon import BadLineError, RawDataError, read_reviews
+from micrec_core.data.columnar import scan_reviews
+from micrec_core.data.dataset import SplitParams, build_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "amazon2014"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from micrec_core.compare import formatted, mean_std, paired
+from micrec_core.evaluation.compare import formatted, mean_std, paired
 
 
 def _results(values: dict[str, list[float]]) -> pd.DataFrame:

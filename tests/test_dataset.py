@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from micrec_core import dataset as dataset_module
-from micrec_core.amazon import RawDataError
-from micrec_core.atomic import folder_lock, sha256_file
 from micrec_core.cli import main
-from micrec_core.dataset import (
+from micrec_core.data import dataset as dataset_module
+from micrec_core.data.amazon import RawDataError
+from micrec_core.data.atomic import folder_lock, sha256_file
+from micrec_core.data.dataset import (
     EmptyDomainError,
     SplitParams,
     build_dataset,
@@ -30,7 +30,7 @@ from micrec_core.dataset import (
     inductive_split,
     load_pair,
 )
-from micrec_core.features import _image_content
+from micrec_core.data.features import _image_content
 
 
 def random_reviews(seed: int, n_users: int = 120, n_items: int = 60, n: int = 3000, rated: bool = True) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Tests for micrec_core.download against a loopback HTTP server (127.0.0.1 only)."""
+"""Tests for micrec_core.data.download against a loopback HTTP server (127.0.0.1 only)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from micrec_core.download import (
+from micrec_core.data.download import (
     DownloadError,
     download_category,
     download_file,
@@ -302,7 +302,7 @@ def test_images_reject_bad_parameters(tmp_path: Path) -> None:
 
 def test_download_category_with_images_reads_meta(served: Served, tmp_path: Path) -> None:
     """images=True reads image URLs from the 2014 meta file and fetches them into images/."""
-    pytest.importorskip("micrec_core.amazon")
+    pytest.importorskip("micrec_core.data.amazon")
     (served.root / "img").mkdir()
     photo = _payload(1500, 6)
     (served.root / "img" / "x.jpg").write_bytes(photo)

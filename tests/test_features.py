@@ -1,4 +1,4 @@
-"""Tests for micrec_core.features: item text, encoders (tiny ViT, real MiniLM, real EfficientNet-Lite0),
+"""Tests for micrec_core.data.features: item text, encoders (tiny ViT, real MiniLM, real EfficientNet-Lite0),
 masks, the feature cache (hits, corruption, model mismatch) and load_features validation."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from micrec_core import features as feats
-from micrec_core.atomic import sha256_file
-from micrec_core.features import (
+from micrec_core.data import features as feats
+from micrec_core.data.atomic import sha256_file
+from micrec_core.data.features import (
     DEFAULT_IMAGE_MODEL,
     DEFAULT_TEXT_MODEL,
     ITEM_COLUMNS,

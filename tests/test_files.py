@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from micrec_core import atomic
-from micrec_core.atomic import write_bytes, write_json
+from micrec_core.data import atomic
+from micrec_core.data.atomic import write_bytes, write_json
 
 
 def mode(path: Path) -> int:

@@ -13,11 +13,11 @@ import psutil
 import pytest
 import torch
 
-import micrec_core.experiment as experiment
-from micrec_core.batched import RANKING_ATOL
-from micrec_core.experiment import load_run
-from micrec_core.grid import GridError, collect, run_dir, run_grid, stopping_statement, variant_config
-from micrec_core.train import stop_reason
+import micrec_core.runs.experiment as experiment
+from micrec_core.runs.experiment import load_run
+from micrec_core.runs.grid import GridError, collect, run_dir, run_grid, stopping_statement, variant_config
+from micrec_core.training.batched import RANKING_ATOL
+from micrec_core.training.train import stop_reason
 
 
 def test_grid_reuses_finished_runs_and_collects(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_callers_that_load_a_model_get_its_run_retrained_when_only_metrics_came(
 
 
 def test_grid_workers_end_when_the_grid_process_is_killed(tiny_dataset: Path, tmp_path: Path) -> None:
-    code = (f"from micrec_core.grid import run_grid; run_grid({str(tiny_dataset)!r}, ['inmo', 'lightgcn'], [0], "
+    code = (f"from micrec_core.runs.grid import run_grid; run_grid({str(tiny_dataset)!r}, ['inmo', 'lightgcn'], [0], "
             f"{str(tmp_path)!r}, jobs=2, threads=1, dim=8, max_epochs=1000, patience=1000, batches_per_epoch=2, "
             "device='cpu')")
     grid = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -241,7 +241,7 @@ def test_a_finished_run_is_never_overwritten_by_another_configuration(tiny_datas
 
 def test_a_refused_run_names_the_folder_and_the_fields_and_leaves_it_as_it_was(tiny_dataset: Path,
                                                                               tmp_path: Path) -> None:
-    from micrec_core.experiment import run_experiment
+    from micrec_core.runs.experiment import run_experiment
 
     small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
     folder = run_grid(tiny_dataset, ["inmo"], [0], tmp_path, **small)[0]
@@ -299,7 +299,7 @@ def test_a_legacy_run_is_reused_as_the_run_of_its_recorded_settings(tiny_dataset
 def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tiny_dataset: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from micrec_core.cli import main
-    from micrec_core.grid import failures
+    from micrec_core.runs.grid import failures
 
     bad = {"dim": 16, "cl_normalize": False, "lr": 0.05, "gamma_cl": 10.0, "cl_users": 64, "batches_per_epoch": 20,
            "max_epochs": 10, "patience": 100, "device": "cpu"}
@@ -331,7 +331,7 @@ def test_a_budget_stopped_run_of_older_code_resumes_only_when_asked_and_says_so(
     del payload["state"]["code_history"]  # a checkpoint written before runs kept their code history
     torch.save(payload, folder / "checkpoint.pt")
     first = json.loads((folder / "metrics.json").read_text())["provenance"]
-    for module in ("micrec_core.train", "micrec_core.experiment"):
+    for module in ("micrec_core.training.train", "micrec_core.runs.experiment"):
         monkeypatch.setattr(f"{module}.code_sha256", lambda: "f" * 64)
     with pytest.raises(GridError, match=r"lightgcn/seed0: its checkpoint \(epoch 1\) was written by other code"):
         run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "split", **small)

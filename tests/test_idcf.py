@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from micrec_core.config import Config
-from micrec_core.dataset import DomainData, PairData
-from micrec_core.idcf import DomainIDCF, Params, Relation, build_phase
-from micrec_core.inference import evaluate_test
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, train_step
+from micrec_core.data.dataset import DomainData, PairData
+from micrec_core.evaluation.inference import evaluate_test
+from micrec_core.models.idcf import DomainIDCF, Params, Relation, build_phase
+from micrec_core.models.setup import setup
+from micrec_core.training.train import CHECKPOINT, domain_alphas, train, train_step
 from tests.test_training import _perturbed
 
 # users 0-3 seen (degrees 3, 1, 2, 0), user 4 unseen; items 0-2 seen (degrees 3, 2, 1), item 3 unseen

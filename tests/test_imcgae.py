@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from micrec_core.config import Config
-from micrec_core.dataset import DomainData, PairData
-from micrec_core.imcgae import IMCGAE, DomainGAE, Params, build_graph, layer_dropouts
-from micrec_core.recommender import dense
-from micrec_core.train import setup, train_step
+from micrec_core.data.dataset import DomainData, PairData
+from micrec_core.models.imcgae import IMCGAE, DomainGAE, Params, build_graph, layer_dropouts
+from micrec_core.models.recommender import dense
+from micrec_core.models.setup import setup
+from micrec_core.training.train import train_step
 
 # users 0, 1 seen, user 2 unseen; items 0, 1 seen, item 2 unseen
 EDGES = torch.tensor([[0, 0, 1], [0, 1, 1]])

@@ -1,4 +1,4 @@
-"""Tests for micrec_core.metrics against a brute-force pure-Python reference and a hand-computed case."""
+"""Tests for micrec_core.evaluation.metrics against a brute-force pure-Python reference and a hand-computed case."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from micrec_core.metrics import (
+from micrec_core.evaluation.metrics import (
     DEFAULT_NS,
     GROUPS,
     group_metrics,

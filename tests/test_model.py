@@ -7,12 +7,18 @@ import math
 import pytest
 import torch
 
-from micrec_core.aggregation import aggregate
-from micrec_core.losses import Projector, bpr_loss, contrastive_loss, se_loss
-from micrec_core.model import alpha_at
-from micrec_core.propagation import normalized_adjacency, propagate
-from micrec_core.sparse import SparseMatrix
-from micrec_core.templates import connections, edge_keep, error_sort_scores, select_templates, template_representation
+from micrec_core.models.aggregation import aggregate
+from micrec_core.models.losses import Projector, bpr_loss, contrastive_loss, se_loss
+from micrec_core.models.micrec import alpha_at
+from micrec_core.models.propagation import normalized_adjacency, propagate
+from micrec_core.models.sparse import SparseMatrix
+from micrec_core.models.templates import (
+    connections,
+    edge_keep,
+    error_sort_scores,
+    select_templates,
+    template_representation,
+)
 
 
 def test_sparse_matmul_matches_dense_forward_and_backward() -> None:

@@ -1,4 +1,5 @@
-"""Mult-VAE (micrec_core.multvae): the multinomial log-likelihood (Eq. 2), the KL and the annealed objective (Eq. 6)
+"""Mult-VAE (micrec_core.models.multvae): the multinomial log-likelihood (Eq. 2), the KL and the annealed objective
+(Eq. 6)
 against hand computations, the β schedule and its counter across a checkpoint, which parameters a step reaches, and
 unseen users (folded in from E_tr + E_new) and unseen items (the mean output row). The interface's generic tests
 (determinism, leakage, finite scores for everyone) run for it in test_registry.py."""
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.multvae import VAE, MultVAE, gaussian_kl, multinomial_nll
-from micrec_core.train import setup, train
+from micrec_core.data.dataset import PairData
+from micrec_core.models.multvae import VAE, MultVAE, gaussian_kl, multinomial_nll
+from micrec_core.models.setup import setup
+from micrec_core.training.train import train
 
 
 def multvae(pair: PairData, **kw: object) -> MultVAE:

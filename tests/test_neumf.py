@@ -1,4 +1,4 @@
-"""NeuMF (micrec_core.neumf): Eq. 12's score and Eq. 7's log loss against a hand computation, which parameters a
+"""NeuMF (micrec_core.models.neumf): Eq. 12's score and Eq. 7's log loss against a hand computation, which parameters a
 step reaches, unseen users and items met as the mean embeddings, and its own parameters checked. The interface's
 generic tests (determinism, leakage, finite scores for everyone) run for it in test_registry.py."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.neumf import NeuMF, Towers
-from micrec_core.train import setup
+from micrec_core.data.dataset import PairData
+from micrec_core.models.neumf import NeuMF, Towers
+from micrec_core.models.setup import setup
 
 
 def neumf(pair: PairData, **kw: object) -> NeuMF:

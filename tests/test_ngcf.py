@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micrec_core.dataset import PairData
-from micrec_core.model import id_rows
-from micrec_core.ngcf import NGCFDomain, Params, _keep
-from micrec_core.propagation import normalized_adjacency
-from micrec_core.train import setup, train_step
+from micrec_core.data.dataset import PairData
+from micrec_core.models.micrec import id_rows
+from micrec_core.models.ngcf import NGCFDomain, Params, _keep
+from micrec_core.models.propagation import normalized_adjacency
+from micrec_core.models.setup import setup
+from micrec_core.training.train import train_step
 from tests.test_registry import tiny
 
 # 2 users, 3 items: u0-i0, u0-i1, u1-i1, u1-i2

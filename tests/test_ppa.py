@@ -1,5 +1,5 @@
-"""PPA (micrec_core.ppa): the prototype decoder's equations by hand, the mix-encoder, where gradients go, and that
-it meets unseen users and items as UniCDR does. The interface's generic tests run from tests/test_registry.py."""
+"""PPA (micrec_core.models.ppa): the prototype decoder's equations by hand, the mix-encoder, where gradients go, and
+that it meets unseen users and items as UniCDR does. The interface's generic tests run from tests/test_registry.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.ppa import PPA, PrototypeDecoder
-from micrec_core.train import setup
-from micrec_core.unicdr import UniCDR
+from micrec_core.data.dataset import PairData
+from micrec_core.models.ppa import PPA, PrototypeDecoder
+from micrec_core.models.setup import setup
+from micrec_core.models.unicdr import UniCDR
 from tests.test_unicdr import _draws, _hand_inference
 
 

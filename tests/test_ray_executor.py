@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from micrec_core.cli import main
-from micrec_core.grid import GridError, run_dir, run_grid
+from micrec_core.runs.grid import GridError, run_dir, run_grid
 
 SMALL = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from micrec_core import inference, metrics
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, inference_scores
-from micrec_core.registry import REGISTRY, model_class
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, validate
+from micrec_core.data.dataset import PairData
+from micrec_core.evaluation import inference, metrics
+from micrec_core.evaluation.inference import evaluate_test, inference_scores
+from micrec_core.models.registry import REGISTRY, model_class
+from micrec_core.models.setup import setup
+from micrec_core.training.train import CHECKPOINT, domain_alphas, train, validate
 from tests.conftest import random_features
 from tests.test_training import _perturbed, _perturbed_unseen_features
 

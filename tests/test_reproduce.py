@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from micrec_core.reproduce import label_prefix, notebook_parameters, own_labels, reproduce
+from micrec_core.runs.reproduce import label_prefix, notebook_parameters, own_labels, reproduce
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -111,7 +111,7 @@ def test_chapter_parameters_go_to_the_chapters_that_declare_them(tmp_path: Path)
 
 
 def test_the_books_chapters_declare_their_parameters_as_papermill_reads_them() -> None:
-    from micrec_core.reproduce import NOTEBOOKS, declared
+    from micrec_core.runs.reproduce import NOTEBOOKS, declared
 
     sources = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     assert len(sources) >= 11
@@ -120,7 +120,7 @@ def test_the_books_chapters_declare_their_parameters_as_papermill_reads_them() -
 
 
 def test_a_parameters_cell_papermill_cannot_parse_whole_is_refused(tmp_path: Path) -> None:
-    from micrec_core.reproduce import declared
+    from micrec_core.runs.reproduce import declared
 
     books = chapters(tmp_path, "pass")
     cell = nbformat.v4.new_code_cell("raw = None  # None = synthetic\nout = ''\nruns = ''")
@@ -145,7 +145,7 @@ def test_a_real_pair_is_refused_by_chapters_that_would_not_receive_it(tmp_path: 
 
 
 def test_the_closing_summary_reads_the_numbers_the_chapters_glued(tmp_path: Path) -> None:
-    from micrec_core.reproduce import summary_lines
+    from micrec_core.runs.reproduce import summary_lines
 
     books = tmp_path / "notebooks"
     books.mkdir()

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micrec_core.dataset import PairData
-from micrec_core.losses import info_nce
-from micrec_core.propagation import entry_edges, normalized_adjacency, propagate, subgraph_adjacency
-from micrec_core.sgl import Params
-from micrec_core.train import setup, train_step
+from micrec_core.data.dataset import PairData
+from micrec_core.models.losses import info_nce
+from micrec_core.models.propagation import entry_edges, normalized_adjacency, propagate, subgraph_adjacency
+from micrec_core.models.setup import setup
+from micrec_core.models.sgl import Params
+from micrec_core.training.train import train_step
 from tests.test_registry import tiny
 
 EDGES = torch.tensor([[0, 1, 0, 1, 2], [0, 0, 1, 2, 2]])  # 3 users x 3 items, in no particular order

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from micrec_core.similar_users import histories, overlap
+from micrec_core.evaluation.similar_users import histories, overlap
 
 
 def test_overlap_by_hand() -> None:

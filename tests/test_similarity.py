@@ -1,4 +1,4 @@
-"""Tests for micrec_core.similarity: user features from incomplete item features, renormalised
+"""Tests for micrec_core.models.similarity: user features from incomplete item features, renormalised
 multimodal similarity and deterministic top-K neighbours (§4.2), each checked against a plain loop."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micrec_core.similarity import modality_similarity, top_k_neighbours, top_k_similar, user_features
+from micrec_core.models.similarity import modality_similarity, top_k_neighbours, top_k_similar, user_features
 
 
 def hand_user_features(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from micrec_core.grid import collect, run_grid, variant_label
-from micrec_core.sweep import expand, parse_setting, select, validation_table
+from micrec_core.runs.grid import collect, run_grid, variant_label
+from micrec_core.runs.sweep import expand, parse_setting, select, validation_table
 
 
 def test_settings_are_typed_like_the_config_field() -> None:
@@ -72,7 +72,7 @@ def test_a_sweep_point_equal_to_the_variant_is_the_variant_s_own_run() -> None:
 
 
 def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:
-    from micrec_core.sweep import sweep_points
+    from micrec_core.runs.sweep import sweep_points
 
     points = sweep_points("gamma_cl=1,0.1 loss_reduction=mean,sum; gamma_cl=1,0.1 tau=0.2;")
     assert len(points) == 6 and points[:4] == expand(["gamma_cl=1,0.1", "loss_reduction=mean,sum"])

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from micrec_core.amazon import find_file, read_meta, read_reviews
-from micrec_core.atomic import sha256_file
-from micrec_core.synth import DOMAINS, GENERATIVE_STORY, SIZES, synthesize
+from micrec_core.data.amazon import find_file, read_meta, read_reviews
+from micrec_core.data.atomic import sha256_file
+from micrec_core.data.synth import DOMAINS, GENERATIVE_STORY, SIZES, synthesize
 
 NAMES = [spec.name for spec in DOMAINS]
 
@@ -104,7 +104,7 @@ def test_layout_and_provenance(dataset: tuple[Path, dict[str, Any]]) -> None:
         expected = {f"reviews_{name}_5.json.gz", f"meta_{name}.json.gz", "truth_items.csv", "truth_users.csv", "images"}
         assert {p.name for p in (root / name).iterdir()} == expected
     info = json.loads((root / "SYNTHETIC.json").read_text())
-    assert info["synthetic"] is True and info["generator"] == "micrec_core.synth"
+    assert info["synthetic"] is True and info["generator"] == "micrec_core.data.synth"
     assert (info["seed"], info["size"], info["domains"]) == (0, "small", NAMES)
     assert info["params"] == json.loads(json.dumps(asdict(SIZES["small"])))
     assert info["story"] == GENERATIVE_STORY and "SYNTHETIC" in GENERATIVE_STORY

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.inference import evaluate_test, recommend_new
-from micrec_core.model import ItemModalities
-from micrec_core.sampling import TripletSampler
-from micrec_core.train import CHECKPOINT, domain_alphas, setup, train, train_step
+from micrec_core.data.dataset import PairData
+from micrec_core.evaluation.inference import evaluate_test, recommend_new
+from micrec_core.models.micrec import ItemModalities
+from micrec_core.models.sampling import TripletSampler
+from micrec_core.models.setup import setup
+from micrec_core.training.train import CHECKPOINT, domain_alphas, train, train_step
 from tests.conftest import random_features
 
 
@@ -114,7 +115,7 @@ def test_resume_across_code_is_opt_in_replayed_and_recorded(tiny_pair: PairData,
     with pytest.raises(Killed):
         run(tiny_pair, config, run_dir=tmp_path / "killed", on_epoch=kill_after_two)
     written_by = full_state.code_history[0]["code_sha256"]
-    monkeypatch.setattr("micrec_core.train.code_sha256", lambda: "f" * 64)
+    monkeypatch.setattr("micrec_core.training.train.code_sha256", lambda: "f" * 64)
     with pytest.raises(ValueError, match=r"different code_sha256 \(continue it under this code with --resume-across"):
         run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True)
     payload = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
@@ -274,8 +275,8 @@ def test_evaluation_over_prebuilt_inference_graphs_is_the_same(tiny_pair: PairDa
 
 
 def test_the_history_records_each_loss_term_and_the_gradient_ratio(tiny_pair: PairData) -> None:
-    from micrec_core.losses import term_weights
-    from micrec_core.train import GRAD_EVERY
+    from micrec_core.models.losses import term_weights
+    from micrec_core.training.train import GRAD_EVERY
 
     config = quick(max_epochs=GRAD_EVERY + 1)
     _, state, _ = run(tiny_pair, config)
@@ -296,7 +297,7 @@ def test_the_history_records_each_loss_term_and_the_gradient_ratio(tiny_pair: Pa
 
 def test_the_gradient_ratio_leaves_the_run_s_random_stream_alone(tiny_pair: PairData,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import micrec_core.train as train_module
+    import micrec_core.training.train as train_module
 
     _, with_ratio, test_with = run(tiny_pair, quick(max_epochs=3))
     monkeypatch.setattr(train_module, "gradient_ratio", lambda *args: None)
@@ -306,7 +307,7 @@ def test_the_gradient_ratio_leaves_the_run_s_random_stream_alone(tiny_pair: Pair
 
 
 def test_sum_reduction_weighs_l_cl_by_the_paper_not_by_the_batch_size(tiny_pair: PairData) -> None:
-    from micrec_core.train import gradient_ratio
+    from micrec_core.training.train import gradient_ratio
 
     feats = random_features(tiny_pair)
     terms, ratios = {}, {}
@@ -321,8 +322,8 @@ def test_sum_reduction_weighs_l_cl_by_the_paper_not_by_the_batch_size(tiny_pair:
 
 
 def test_a_diverging_loss_stops_the_run_with_an_error_and_no_result(tiny_pair: PairData, tmp_path: Path) -> None:
-    from micrec_core.experiment import FAILED_FILE, run_experiment
-    from micrec_core.train import TrainingDiverged
+    from micrec_core.runs.experiment import FAILED_FILE, run_experiment
+    from micrec_core.training.train import TrainingDiverged
 
     config = quick(ablation="no-mm", cl_normalize=False, lr=0.05, gamma_cl=10.0, cl_users=64, batches_per_epoch=20,
                    max_epochs=10, patience=100, dataset=str(tiny_pair.path))
@@ -339,7 +340,7 @@ def test_a_diverging_loss_stops_the_run_with_an_error_and_no_result(tiny_pair: P
 
 
 def test_divergence_checks() -> None:
-    from micrec_core.train import divergence
+    from micrec_core.training.train import divergence
 
     first = {"epoch": 0, "loss": 10.0, "loss/bpr/A": 9.0, "loss/cl": 1.0, "start/loss/bpr/A": 12.0,
              "start/loss/cl": 1.5}

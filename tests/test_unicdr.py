@@ -1,5 +1,5 @@
-"""UniCDR (micrec_core.unicdr): its defining equations by hand on tiny examples, where gradients go, and how unseen
-users and items are met. The interface's generic tests (determinism, leakage, finite scores) run from
+"""UniCDR (micrec_core.models.unicdr): its defining equations by hand on tiny examples, where gradients go, and how
+unseen users and items are met. The interface's generic tests (determinism, leakage, finite scores) run from
 tests/test_registry.py by its registry line."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from micrec_core.config import Config
-from micrec_core.dataset import PairData
-from micrec_core.train import setup
-from micrec_core.unicdr import Aggregator, DomainDraws, UniCDR, item_lists, masked_context
+from micrec_core.data.dataset import PairData
+from micrec_core.models.setup import setup
+from micrec_core.models.unicdr import Aggregator, DomainDraws, UniCDR, item_lists, masked_context
 
 
 def config(**kw: object) -> Config:

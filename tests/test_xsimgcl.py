@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micrec_core.dataset import PairData
-from micrec_core.propagation import normalized_adjacency
-from micrec_core.train import setup, train_step
-from micrec_core.xsimgcl import Params, perturb
+from micrec_core.data.dataset import PairData
+from micrec_core.models.propagation import normalized_adjacency
+from micrec_core.models.setup import setup
+from micrec_core.models.xsimgcl import Params, perturb
+from micrec_core.training.train import train_step
 from tests.test_registry import tiny
 
 

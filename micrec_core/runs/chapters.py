@@ -1,0 +1,134 @@
+"""What the results chapters share: training their grid with a report of what was reused, the provenance lines above
+their tables, and the per-model tables themselves (mean and spread over seeds in the paper's layout)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from micrec_core.config import Config
+from micrec_core.evaluation.metrics import GROUPS
+from micrec_core.runs.grid import (
+    provenance_line,
+    provenance_table,
+    run_dir,
+    run_grid,
+    stopping_statement,
+    variant_model,
+)
+
+
+def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
+               **options: Any) -> dict[tuple[str, int], Path]:
+    """`grid.run_grid` for every (variant, seed), printing per run whether it was reused or trained now."""
+    variants, seeds = list(variants), list(seeds)
+    folders = {(v, k): run_dir(Path(runs), dataset, v, k) for v in variants for k in seeds}
+
+    def stamp(folder: Path) -> float | None:
+        path = folder / "metrics.json"
+        return path.stat().st_mtime if path.is_file() else None
+
+    before = {key: stamp(folder) for key, folder in folders.items()}
+    start = time.perf_counter()
+    run_grid(dataset, variants, seeds, Path(runs), **options)
+    print(f"grid ready in {time.perf_counter() - start:.0f} s")
+    for (v, k), folder in folders.items():
+        print(f"{v:>14} seed {k}: {'reused' if before[(v, k)] == stamp(folder) else 'trained now'} -> {folder}")
+    return folders
+
+
+PAPER_MAX_EPOCHS = 1000  # the paper: up to 1000 epochs, early stopping
+
+
+def protocol_note(data_label: str, max_epochs: int, seeds: int) -> str:
+    """What this executed copy of a chapter trained on and how long, generated from its parameters so that the
+    sentence is true in every copy (the synthetic default and each real pair)."""
+    patience = Config().patience
+    if max_epochs >= PAPER_MAX_EPOCHS:
+        budget = f"up to {max_epochs} epochs with early stopping (patience {patience}), the paper's protocol"
+    else:
+        budget = (f"**`max_epochs = {max_epochs}`, not the paper's protocol** (up to {PAPER_MAX_EPOCHS} epochs, "
+                  f"patience {patience}): a run that stops at the cap may not have converged, so the models are "
+                  "compared at a fixed training budget")
+    return f"**This copy** ran on {data_label}, {seeds} training seed{'' if seeds == 1 else 's'}, {budget}."
+
+
+def caption(title: str, provenance: str, stopped: str) -> str:
+    """A table's title with the provenance line and how the runs stopped under it."""
+    return f"{title}\n  {provenance}\n  {stopped}"
+
+
+def wide(series: pd.Series, rows: list[str], domains: list[str], metrics: Mapping[str, str],
+         names: Mapping[str, str], axis: str = "domain") -> pd.DataFrame:
+    """A (variant, domain, metric)-indexed series as the paper's table: a row per variant in `rows` (renamed by
+    `names`), a column per (domain, metric label) for the `metrics` {label: metric key}."""
+    table = series.unstack(["domain", "metric"]).reindex(
+        columns=pd.MultiIndex.from_tuples([(d, metrics[m]) for d in domains for m in metrics]))
+    table.columns = pd.MultiIndex.from_product([domains, list(metrics)], names=[axis, "metric"])
+    return table.reindex(rows).rename(index=dict(names))
+
+
+def provenance(run_info: pd.DataFrame, data_label: str, seeds: list[int], min_count: int,
+               max_epochs: int) -> tuple[str, str]:
+    """Show each run's provenance (commit, data hash, device, epochs, why it stopped) and return the one-line summary
+    and the stopping statement that go under every table's title."""
+    table = provenance_table(run_info)
+    display(table)
+    line = provenance_line(table, data_label, seeds, min_count)
+    stopped = stopping_statement(table["stopped"], max_epochs)
+    print(line)
+    print(stopped)
+    if table["git_commit"].nunique() > 1:
+        print(f"WARNING: these runs were trained by {table['git_commit'].nunique()} different code commits; "
+              "differences between rows may partly come from code changes (delete the run folders to retrain).")
+    return line, stopped
+
+
+def check_runs(folders: Mapping[tuple[str, int], Path], results: pd.DataFrame, domains: list[str], data_hash: str,
+               max_epochs: int) -> None:
+    """Every (variant, seed) asked for has a finished run of that variant on this data with this max_epochs, test
+    and most-popular metrics for every domain, group and N; every metric is in [0, 1], none missing for "all"."""
+    expected = {f"{name}@{n}" for name in ("precision", "recall", "ndcg") for n in Config().eval_ns} | {"users"}
+    for (v, k), folder in folders.items():
+        saved = json.loads((folder / "metrics.json").read_text())
+        assert (saved["config"]["model"], saved["config"]["ablation"]) == variant_model(v), v
+        assert saved["config"]["seed"] == k and saved["config"]["max_epochs"] == max_epochs, (v, k)
+        assert saved["provenance"]["dataset_sha256"] == data_hash, (v, k)
+        for source in ("test", "most_popular"):
+            assert set(saved[source]) == set(domains), (v, source)
+            for d in domains:
+                assert set(saved[source][d]) == set(GROUPS), (v, source, d)
+                assert all(set(saved[source][d][g]) == expected for g in GROUPS), (v, source, d)
+    labels = {folder.parent.name for folder in folders.values()}
+    mine = results[results["variant"].isin(labels) & (results["source"] != "validation")]
+    assert mine["value"].dropna().between(0, 1).all()
+    assert mine.loc[mine["group"] == "all", "value"].notna().all()
+    assert set(mine["dataset_sha256"]) == {data_hash} and set(mine["max_epochs"]) == {max_epochs}
+    print(f"{len(folders)} runs complete, on this dataset, with the asked configuration; metrics in [0, 1]")
+
+
+def growth_exponent(sizes: Iterable[float], values: Iterable[float | None]) -> float | None:
+    """The exponent b of value ~ a * size^b, fitted by least squares in log-log over the points with a positive
+    value; None with fewer than two such points (the scaling appendix and `bench/scale.py`)."""
+    points = [(float(n), float(v)) for n, v in zip(sizes, values, strict=True) if v is not None and v > 0]
+    if len(points) < 2:
+        return None
+    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def largest_within(sizes: Iterable[float], values: Iterable[float | None], budget: float) -> float | None:
+    """The size at which the straight line value = a + b * size fitted to the points reaches `budget` (e.g. the
+    interactions whose peak memory would fill one GPU); None when the fit does not grow or has under two points."""
+    points = [(float(n), float(v)) for n, v in zip(sizes, values, strict=True) if v is not None]
+    if len(points) < 2:
+        return None
+    slope, intercept = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
+    return float((budget - intercept) / slope) if slope > 0 else None
