@@ -18,14 +18,14 @@
 # resumed across them (ACROSS_CODE=1, the default; 0 refuses such checkpoints): the new code must first reproduce the
 # checkpoint's last validation NDCG, and the run's metrics.json lists every code version that trained it
 # (provenance.code_history; the book's provenance tables show such a run's commits joined by "+"). The order:
-#   1. seed 0 of eleven of Table 2's thirteen models, the cheap ones first;
-#   2. seed 0 of the ablations (Table 3), MICRec with InfoNCE and INMO with the full W (chapters 5 and 6);
-#   3. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
+#   1. seed 0 of what chapters 5 and 6 (issue #13, the contrastive loss's scale) need: MICRec, INMO, the ablations
+#      (Table 3), MICRec with InfoNCE, and INMO with the full W;
+#   2. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
 #      trains the other seeds of the point validation selects);
-#   4. seeds 1..SEEDS-1 of all of them;
+#   3. seeds 1..SEEDS-1 of stage 1;
+#   4. Table 2's other baselines, SEEDS seeds (seed 0 of most of them was trained first, before this order);
 #   5. IDCF (whose relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over
-#      every user x item pair), seed by seed: together they cost about as much as the other eleven models, so the
-#      runs issue #13 needs (stages 1-4) come first.
+#      every user x item pair), seed by seed: together they cost about as much as the other nine baselines.
 # Measured on Beauty x Electronics (2 cores, one run at 2 torch threads, 2026-12-03): LightGCN, INMO and MICRec take
 # ~5-6 s an epoch, UniCDR, PPA, Mult-VAE, XSimGCL and IMC-GAE 4-9 s, AlphaRec ~13 s, NGCF ~15 s, SGL ~25 s, IDCF
 # ~85 s (about half since its fused attention), NeuMF ~100 s with its validation (bench/RESULTS.md); early stopping
@@ -65,21 +65,23 @@ grid() {
     --threads 1 --max-epochs 1000 --stop-after "$left" --quiet $([ "$ACROSS_CODE" = 1 ] && echo --resume-across-code) "$@"
   say "exit $?"
 }
-TABLE2=micrec,inmo,lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl
+SCALE=micrec,inmo,no-cd,no-mm,no-vis,no-txt,micrec-infonce
+BASELINES=lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl
 SLOW=idcf,neumf
-CHAPTERS=no-cd,no-mm,no-vis,no-txt,micrec-infonce
-for seeds in 1 "$SEEDS"; do
-  grid --variants "$TABLE2" --seeds "$seeds" || break
-  grid --variants "$CHAPTERS" --seeds "$seeds" || break
-  grid --variants inmo --set se_weight=full --seeds "$seeds" || break
-  [ "$seeds" = 1 ] || continue
+stages() {
+  grid --variants "$SCALE" --seeds 1 || return
+  grid --variants inmo --set se_weight=full --seeds 1 || return
   for sweep in "${SWEEPS[@]}"; do
     # shellcheck disable=SC2086
-    grid --variants micrec $sweep --seeds 1 || break 2
+    grid --variants micrec $sweep --seeds 1 || return
   done
-done
-for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
-  grid --variants "$SLOW" --seeds "$seeds" || break
-done
+  grid --variants "$SCALE" --seeds "$SEEDS" || return
+  grid --variants inmo --set se_weight=full --seeds "$SEEDS" || return
+  grid --variants "$BASELINES" --seeds "$SEEDS" || return
+  for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
+    grid --variants "$SLOW" --seeds "$seeds" || return
+  done
+}
+stages
 say "finished: $(find "$RUNS" -name metrics.json | wc -l) runs," \
   "$(grep -l '"stopped": "time budget"' -r "$RUNS" --include=metrics.json | wc -l) of them stopped by the budget"
