@@ -16,6 +16,7 @@ from micrec_core.config import Config
 from micrec_core.data.dataset import DomainData, PairData
 from micrec_core.evaluation.inference import evaluate_test
 from micrec_core.models.idcf import DomainIDCF, Params, Relation, build_phase
+from micrec_core.models.losses import bpr_loss, reduce
 from micrec_core.models.setup import setup
 from micrec_core.training.train import CHECKPOINT, domain_alphas, train, train_step
 from tests.test_training import _perturbed
@@ -152,6 +153,30 @@ def test_stage_one_trains_the_factorisation_and_stage_two_only_the_relation_mode
             if grad is not None:
                 assert bool(grad.any()), (step, name)
     assert [int(domain.steps) for domain in s.model.domains] == [4, 4]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_stage_two_terms_equal_their_definition_with_every_row_estimated_on_its_own(tiny_pair: PairData,
+                                                                                   reduction: str) -> None:
+    model = setup(tiny_pair, stage_config(loss_reduction=reduction)).model
+    draws = model.draw(torch.Generator().manual_seed(3))
+    for d, domain in enumerate(model.domains):
+        phase, users, items = model.train_phases[d], draws.contrast_users[d], draws.contrast_items[d]
+        bpr, contrast, l2 = model._relation_terms(d, draws.relation[d], users, items)
+        u, i, j = model.relation_samplers[d].triples(draws.relation[d])
+        ru, ri, rj = (domain.representations(phase, side, rows) for side, rows in (("user", u), ("item", i),
+                                                                                   ("item", j)))
+        torch.testing.assert_close(bpr, bpr_loss(ru, ri, rj, reduction))
+        torch.testing.assert_close(l2, reduce(ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1), reduction))
+        expected = torch.zeros(())
+        for side, picks, keys, own in (("user", users, model.key_users[d], domain.user_emb),
+                                       ("item", items, model.key_items[d], domain.item_emb)):
+            estimate = domain.estimates(domain.summaries(phase, side)[keys[picks]], side, picks)  # m_k, k left out
+            logits = estimate @ own.T
+            expected = expected + reduce(torch.logsumexp(logits, -1) - logits[torch.arange(len(picks)), picks],
+                                         reduction)
+        torch.testing.assert_close(contrast, expected)
+        assert len(torch.unique(users)) < len(users)  # the draws repeat keys, which the terms count each time
 
 
 def test_both_stages_are_recorded_from_the_first_epoch(tiny_pair: PairData) -> None:

@@ -280,6 +280,15 @@ class Draws:
     contrast_items: list[torch.Tensor]
 
 
+def _distinct_representations(domain: DomainIDCF, phase: Phase, side: str,
+                               rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The representations of each index tensor in `rows`, the relation model run once per distinct entity (a
+    step's rows repeat: popular positives, keys sampled for L_C that are also BPR rows)."""
+    distinct, inverse = torch.unique(torch.cat(rows), return_inverse=True)
+    every = domain.representations(phase, side, distinct)[inverse]
+    return list(every.split([len(r) for r in rows]))
+
+
 class IDCF(Recommender):
     """IDCF on each domain of the pair on its own, in two stages (see the module docstring)."""
 
@@ -352,18 +361,18 @@ class IDCF(Recommender):
     def _relation_terms(self, d: int, raw: Triple, users: torch.Tensor,
                         items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 2: BPR of p~_u^T q~_i over E_tr (the factorisation frozen), L_C over the sampled key users and key
-        items, and the squared norms of the sampled representations."""
+        items, and the squared norms of the sampled representations.
+
+        A key's estimate in L_C is its representation (its history, the other keys), so each side's BPR rows and
+        sampled keys are estimated once per distinct entity (`_distinct_representations`)."""
         domain, phase, reduction = self.domains[d], self.train_phases[d], self.config.loss_reduction
         u, i, j = self.relation_samplers[d].triples(raw)
-        ru = domain.representations(phase, "user", u)
-        items_r = domain.representations(phase, "item", torch.cat([i, j]))
-        ri, rj = items_r[: len(i)], items_r[len(i) :]
+        ru, key_users = _distinct_representations(domain, phase, "user", [u, self.key_users[d][users]])
+        ri, rj, key_items = _distinct_representations(domain, phase, "item", [i, j, self.key_items[d][items]])
         l2 = reduce(ru.pow(2).sum(-1) + ri.pow(2).sum(-1) + rj.pow(2).sum(-1), reduction)
         contrast = ru.new_zeros(())
-        for side, picks, ids in (("user", users, self.key_users[d]), ("item", items, self.key_items[d])):
-            m = domain.summaries(phase, side).index_select(0, ids[picks])
-            own = domain.user_emb if side == "user" else domain.item_emb
-            logits = domain.estimates(m, side, picks) @ own.detach().T
+        for estimates, picks, own in ((key_users, users, domain.user_emb), (key_items, items, domain.item_emb)):
+            logits = estimates @ own.detach().T
             own_logit = logits.gather(1, picks.unsqueeze(1)).squeeze(1)
             contrast = contrast + reduce(torch.logsumexp(logits, -1) - own_logit, reduction)
         return bpr_loss(ru, ri, rj, reduction), contrast, l2
