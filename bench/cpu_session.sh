@@ -26,6 +26,10 @@
 #   4. Table 2's other baselines, SEEDS seeds (seed 0 of most of them was trained first, before this order);
 #   5. IDCF (whose relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over
 #      every user x item pair), seed by seed: together they cost about as much as the other nine baselines.
+# The runs are niced, but where the kernel shares the CPU between sessions first (autogroup, as on this project's
+# machines: /proc/sys/kernel/sched_autogroup_enabled = 1) a nice value only ranks processes within one session, so
+# the grid still takes half of the cores from a test run or a benchmark started elsewhere: pause it meanwhile
+# (kill -STOP, then kill -CONT, the grid's process and its workers; the budget counts wall time, so it loses the pause).
 # Measured on Beauty x Electronics (2 cores, one run at 2 torch threads, 2026-12-03): LightGCN, INMO and MICRec take
 # ~5-6 s an epoch, UniCDR, PPA, Mult-VAE, XSimGCL and IMC-GAE 4-9 s, AlphaRec ~13 s, NGCF ~15 s, SGL ~25 s, IDCF
 # ~85 s (about half since its fused attention), NeuMF ~100 s with its validation (bench/RESULTS.md); early stopping
