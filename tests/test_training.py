@@ -122,9 +122,8 @@ def test_resume_across_code_is_opt_in_replayed_and_recorded(tiny_pair: PairData,
     recorded = payload["state"]["history"][-1]
     key = next(k for k in recorded if k.startswith("val_ndcg"))
     recorded[key] += 0.01  # as if this code scored the checkpoint's model differently
-    torch.save(payload, tmp_path / "changed.pt")
     (tmp_path / "changed").mkdir()
-    (tmp_path / "changed.pt").rename(tmp_path / "changed" / CHECKPOINT)
+    torch.save(payload, tmp_path / "changed" / CHECKPOINT)
     with pytest.raises(ValueError, match="the code change alters the model"):
         run(tiny_pair, config, run_dir=tmp_path / "changed", resume=True, across_code=True)
     _, resumed_state, resumed_test = run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True,

@@ -24,12 +24,13 @@ from micrec_core.training.batched import train_together
 from micrec_core.training.provenance import code_sha256
 from micrec_core.training.train import (
     CHECKPOINT,
-    CODE_HINT,
     TrainingDiverged,
     TrainState,
     domain_alphas,
+    read_checkpoint,
     stop_reason,
     train,
+    written_by_other_code,
 )
 
 MODEL_FILE = "model.pt"
@@ -64,24 +65,15 @@ def portable(config: Config) -> dict[str, Any]:
     return config.to_dict() | {"dataset": Path(config.dataset).name}
 
 
-def _read_checkpoint(out: Path) -> dict[str, Any]:
-    """OUT/checkpoint.pt on the CPU; one that cannot be read is a ValueError naming it."""
-    try:
-        return torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, an unpickler refusal: this checkpoint cannot be used
-        raise ValueError(f"{out / CHECKPOINT}: not a checkpoint this version can read ({err}); remove it to "
-                         "retrain") from err
-
-
-def _recorded(out: Path) -> tuple[dict[str, Any], str | None, str] | None:
-    """The config a run folder holds, the data sha256 it was trained on (when recorded) and the file saying so."""
+def _recorded(out: Path, checkpoint: dict[str, Any] | None) -> tuple[dict[str, Any], str | None, str] | None:
+    """The config a run folder holds, the data sha256 it was trained on (when recorded) and the file saying so;
+    `checkpoint`: the folder's checkpoint payload, if it has one."""
     for name in ("metrics.json", FAILED_FILE):
         if (out / name).is_file():
             record = read_json(out / name)
             return record["config"], record["provenance"]["dataset_sha256"], name
-    if (out / CHECKPOINT).is_file():
-        payload = _read_checkpoint(out)
-        return payload["config"], payload["origin"]["dataset_sha256"], CHECKPOINT
+    if checkpoint is not None:
+        return checkpoint["config"], checkpoint["origin"]["dataset_sha256"], CHECKPOINT
     if (out / "config.json").is_file():
         return read_json(out / "config.json"), None, "config.json"
     return None
@@ -105,7 +97,8 @@ def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force:
         for name in present:
             (out / name).unlink()
         return
-    recorded = _recorded(out)
+    payload = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).is_file() else None
+    recorded = _recorded(out, payload)
     if recorded is None:
         return
     saved, trained_on, source = recorded
@@ -119,12 +112,9 @@ def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force:
     if not resume:
         raise ValueError(f"{out} already holds a run of this configuration ({', '.join(present)}); resume it "
                          "(--resume) or start over (--force)")
-    if (out / CHECKPOINT).is_file():
-        payload = _read_checkpoint(out)
-        epoch, code = payload["state"]["epoch"], payload.get("origin", {}).get("code_sha256")
-        if code != code_sha256() and not across_code:
-            raise ValueError(f"{out}: its checkpoint (epoch {epoch}) was written by other code (sha256 "
-                             f"{str(code)[:12]}, here {code_sha256()[:12]}): {CODE_HINT}")
+    if payload is not None:
+        written_by_other_code(out, payload, across_code)
+        epoch = payload["state"]["epoch"]
         if epoch > config.max_epochs:
             raise ValueError(f"{out}: its checkpoint is at epoch {epoch}, beyond max_epochs {config.max_epochs}: "
                              f"the run cannot be cut back; {hint}")

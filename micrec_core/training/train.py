@@ -354,6 +354,26 @@ def _legacy_code_history(path: Path, code: str | None) -> list[dict[str, Any]]:
     return [{"from_epoch": 0, "code_sha256": code, "git_commit": commit}]
 
 
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's payload (`_save_checkpoint`); one that cannot be read is a ValueError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # an unpickler refusal, a truncated file: either way this checkpoint cannot be used
+        raise ValueError(f"{path}: not a checkpoint this version can read ({err}); remove it to retrain") from err
+
+
+def written_by_other_code(folder: Path, payload: dict[str, Any], across_code: bool) -> bool:
+    """Whether a run folder's checkpoint (its payload) was written by other code than this; a ValueError saying how
+    to go on unless `across_code`."""
+    code = payload.get("origin", {}).get("code_sha256")
+    if code == code_sha256():
+        return False
+    if not across_code:
+        raise ValueError(f"{folder}: its checkpoint (epoch {payload['state']['epoch']}) was written by other code "
+                         f"({str(code)[:12]} there, {code_sha256()[:12]} here), a different code_sha256 ({CODE_HINT})")
+    return True
+
+
 def _load_checkpoint(
     path: Path, s: Setup, optimizer: torch.optim.Optimizer, generator: torch.Generator, across_code: bool = False
 ) -> TrainState:
@@ -366,10 +386,7 @@ def _load_checkpoint(
     segment is appended to the run's `code_history` (metrics.json's provenance), so the result says that two
     versions trained it.
     """
-    try:
-        payload = torch.load(path, map_location=s.device, weights_only=True)
-    except Exception as err:  # an unpickler refusal, a truncated file: either way this checkpoint cannot be used
-        raise ValueError(f"{path}: not a checkpoint this version can read ({err}); remove it to retrain") from err
+    payload = read_checkpoint(path, s.device)
     saved = Config.from_dict(payload["config"]).to_dict()
     differing = sorted(k for k, v in s.config.to_dict().items() if saved.get(k) != v and k != "max_epochs")
     origin = payload.get("origin", {})
@@ -379,9 +396,7 @@ def _load_checkpoint(
             f"{path}: checkpoint was written with a different {', '.join(differing)}; "
             "remove it or train into another folder"
         )
-    other_code = origin.get("code_sha256") != code_sha256()
-    if other_code and not across_code:
-        raise ValueError(f"{path}: checkpoint was written with a different code_sha256 ({CODE_HINT})")
+    other_code = written_by_other_code(path.parent, payload, across_code)
     s.model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"].cpu())  # map_location moved the CPU byte state to the device
