@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from micrec_core.data.dataset import PairData, SplitParams, build_dataset, load_pair
+from micrec_core.data.features import encode_features
 from micrec_core.models.micrec import ItemModalities
 
 
@@ -35,6 +36,23 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_random_domain(root / "raw", "A", seed=1)
     write_random_domain(root / "raw", "B", seed=2)
     build_dataset(root / "raw", ("A", "B"), root / "built", params=SplitParams(seed=0, min_count=5))
+    return root / "built"
+
+
+@pytest.fixture(scope="session")
+def text_only_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pair like Beauty x Electronics: titles in domain A only, no image anywhere; features encoded."""
+    root = tmp_path_factory.mktemp("text_only")
+    write_random_domain(root / "raw", "A", seed=1)
+    write_random_domain(root / "raw", "B", seed=2)
+    titles = "\n".join(repr({"asin": f"A{i:03d}", "title": f"{colour} toy number {i}"})
+                       for i, colour in zip(range(50), ["red", "blue", "green", "wooden", "plush"] * 10, strict=True))
+    (root / "raw" / "A" / "meta_A.json.gz").write_bytes(gzip.compress(titles.encode(), mtime=0))
+    build_dataset(root / "raw", ("A", "B"), root / "built", params=SplitParams(seed=0, min_count=5))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        encode_features(root / "built", device="cpu")
     return root / "built"
 
 

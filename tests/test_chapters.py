@@ -60,3 +60,20 @@ def test_growth_exponent_and_the_size_that_fills_a_budget() -> None:
     assert growth_exponent(sizes, [None, 0.0, 5.0]) is None  # one usable point
     assert largest_within(sizes, [100 + 2 * n for n in sizes], budget=1100) == pytest.approx(500)
     assert largest_within(sizes, [5.0, 5.0, 5.0], budget=10) is None  # a flat line never reaches it
+
+
+def test_a_twin_s_run_is_shown_once_per_row_and_counted_once(text_only_dataset: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from micrec_core.runs.chapters import provenance
+    from micrec_core.runs.grid import with_twins
+
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    variants = ["micrec", "no-vis"]
+    folders = train_grid(text_only_dataset, variants, [0], tmp_path, **small)
+    assert folders[("no-vis", 0)] == folders[("micrec", 0)]
+    assert "no-vis is micrec's run on this data" in capsys.readouterr().out
+    results = with_twins(collect(tmp_path, text_only_dataset), text_only_dataset, variants)
+    run_info = results.drop_duplicates(["variant", "seed"]).set_index(["variant", "seed"])
+    _, stopped = provenance(run_info, "test data", [0], 5, 1)
+    assert stopped.startswith("1 of 1 runs stopped NOT at early stop")  # one run, shown in two rows
+    assert "same_as" in capsys.readouterr().out

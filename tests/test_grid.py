@@ -14,8 +14,18 @@ import pytest
 import torch
 
 import micrec_core.runs.experiment as experiment
-from micrec_core.runs.experiment import load_run
-from micrec_core.runs.grid import GridError, collect, run_dir, run_grid, stopping_statement, variant_config
+from micrec_core.runs.experiment import load_run, run_experiment
+from micrec_core.runs.grid import (
+    GridError,
+    collect,
+    run_dir,
+    run_grid,
+    stopping_statement,
+    twin,
+    twin_of,
+    variant_config,
+    with_twins,
+)
 from micrec_core.training.batched import RANKING_ATOL
 from micrec_core.training.train import stop_reason
 
@@ -365,3 +375,38 @@ def test_a_cell_that_raises_while_training_is_named_and_the_others_train(tiny_da
     for folder in (other, run_dir(tmp_path, tiny_dataset, "lightgcn", 1)):
         assert json.loads((folder / "metrics.json").read_text())["stopped"] == "max_epochs"
     assert json.loads((broken / "metrics.json").read_text())["stopped"] == "time budget"
+
+
+def test_a_modality_ablation_is_its_twins_run_only_where_the_modality_is_missing() -> None:
+    assert twin_of("no-vis", [(True, False), (False, False)])[0] == "micrec"  # Beauty x Electronics: no image
+    assert twin_of("no-txt", [(True, False), (False, False)])[0] == "no-mm"  # ... and text in one domain only
+    assert twin_of("no-txt", [(False, True), (False, True)])[0] == "micrec"
+    assert twin_of("no-vis", [(False, True), (False, False)])[0] == "no-mm"
+    assert twin_of("no-vis", [(True, True), (False, False)]) is None  # images in one domain: a real ablation
+    assert twin_of("no-txt", [(True, True), (True, False)]) is None  # images left in one domain
+    for variant in ("micrec", "micrec-infonce", "no-mm", "no-cd", "inmo", "lightgcn"):
+        assert twin_of(variant, [(False, False), (False, False)]) is None
+
+
+def test_a_grid_trains_a_twin_once_and_its_rows_stand_for_the_variant(text_only_dataset: Path,
+                                                                       tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    ds = text_only_dataset
+    assert twin("no-vis", ds)[0] == "micrec" and twin("no-txt", ds)[0] == "no-mm" and twin("no-cd", ds) is None
+    folders = run_grid(ds, ["micrec", "no-vis", "no-txt", "no-mm"], [0], tmp_path, **small)
+    assert [f.parent.name for f in folders] == ["micrec", "micrec", "no-mm", "no-mm"]
+    assert sorted(p.name for p in (tmp_path / ds.name).iterdir()) == ["micrec", "no-mm"]
+    tested = {f.parent.name: json.loads((f / "metrics.json").read_text())["test"] for f in folders}
+    assert tested["micrec"] != tested["no-mm"]  # the text of domain A matters, so the two twins differ
+    for variant, same in (("no-vis", "micrec"), ("no-txt", "no-mm")):  # what twin_of claims, trained apart
+        own = run_experiment(variant_config(variant, ds, 0, **small), tmp_path / "own" / variant, progress=False)
+        assert own["test"] == tested[same] and own["config"]["ablation"] == variant, variant
+    (tmp_path / ds.name / "no-vis").mkdir()  # a run of its own (older code trained twins) is not read beside it
+    (tmp_path / "own" / "no-vis").rename(tmp_path / ds.name / "no-vis" / "seed0")
+    table = with_twins(collect(tmp_path, ds), ds, ["micrec", "no-vis", "no-txt", "no-mm"])
+    assert len(table[table["variant"] == "no-vis"]) == len(table[table["variant"] == "micrec"])
+    for variant, same in (("no-vis", "micrec"), ("no-txt", "no-mm")):
+        rows = table[table["variant"] == variant]
+        assert set(rows["same_as"]) == {same}
+        assert rows["value"].tolist() == table.loc[table["variant"] == same, "value"].tolist()
+    assert table.loc[table["variant"].isin(["micrec", "no-mm"]), "same_as"].isna().all()

@@ -21,15 +21,22 @@ from micrec_core.runs.grid import (
     run_dir,
     run_grid,
     stopping_statement,
+    twin,
     variant_model,
 )
 
 
 def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
                **options: Any) -> dict[tuple[str, int], Path]:
-    """`grid.run_grid` for every (variant, seed), printing per run whether it was reused or trained now."""
+    """`grid.run_grid` for every (variant, seed), printing per run whether it was reused or trained now; a variant
+    with a twin on this dataset (`grid.twin`) gets its twin's folder, and says so."""
     variants, seeds = list(variants), list(seeds)
-    folders = {(v, k): run_dir(Path(runs), dataset, v, k) for v in variants for k in seeds}
+    twins = {v: twin(v, dataset) for v in variants}
+    for v, found in twins.items():
+        if found is not None:
+            print(f"{v} is {found[0]}'s run on this data, not trained on its own: {found[1]}")
+    folders = {(v, k): run_dir(Path(runs), dataset, v if twins[v] is None else twins[v][0], k)
+               for v in variants for k in seeds}
 
     def stamp(folder: Path) -> float | None:
         path = folder / "metrics.json"
@@ -82,7 +89,8 @@ def provenance(run_info: pd.DataFrame, data_label: str, seeds: list[int], min_co
     table = provenance_table(run_info)
     display(table)
     line = provenance_line(table, data_label, seeds, min_count)
-    stopped = stopping_statement(table["stopped"], max_epochs)
+    own = table[table["same_as"] == ""] if "same_as" in table else table  # a twin's run is counted once
+    stopped = stopping_statement(own["stopped"], max_epochs)
     print(line)
     print(stopped)
     if table["git_commit"].nunique() > 1:
@@ -98,7 +106,7 @@ def check_runs(folders: Mapping[tuple[str, int], Path], results: pd.DataFrame, d
     expected = {f"{name}@{n}" for name in ("precision", "recall", "ndcg") for n in Config().eval_ns} | {"users"}
     for (v, k), folder in folders.items():
         saved = json.loads((folder / "metrics.json").read_text())
-        assert (saved["config"]["model"], saved["config"]["ablation"]) == variant_model(v), v
+        assert (saved["config"]["model"], saved["config"]["ablation"]) == variant_model(folder.parent.name), v
         assert saved["config"]["seed"] == k and saved["config"]["max_epochs"] == max_epochs, (v, k)
         assert saved["provenance"]["dataset_sha256"] == data_hash, (v, k)
         for source in ("test", "most_popular"):

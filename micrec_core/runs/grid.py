@@ -26,6 +26,7 @@ import torch
 
 from micrec_core.config import Config
 from micrec_core.data.dataset import dataset_sha256
+from micrec_core.data.features import dataset_domains, load_features
 from micrec_core.models.registry import REGISTRY, model_class
 from micrec_core.models.setup import pick_device
 from micrec_core.runs.experiment import (
@@ -80,6 +81,52 @@ def variant_label(variant: str, settings: Mapping[str, Any] | None = None) -> st
     own = variant_config(variant, Path("."), 0).to_dict()
     changed = sorted((k, v) for k, v in (settings or {}).items() if k not in own or own[k] != v)
     return "".join([variant, *(f"+{k}={v}" for k, v in changed)])
+
+
+def twin_of(variant: str, present: Sequence[tuple[bool, bool]]) -> tuple[str, str] | None:
+    """The variant whose runs are this variant's by construction, and why, given which modalities some item of each
+    domain has (text, image); None when the variant changes something.
+
+    A modality ablation clears that modality's mask (`micrec.ablate`): where no item of either domain has it, the
+    masks stay as MICRec's, so every draw and every number of its run is MICRec's; where it leaves no modality in
+    either domain, the similarity finds no neighbour and Eq. 5 adds zero to every row, which is w/o MM's run.
+    """
+    config = variant_config(variant, Path("."), 0)
+    if config.use_text and config.use_image:
+        return None
+    dropped = "an image" if not config.use_image else "a text"
+    left = [(text and config.use_text, image and config.use_image) for text, image in present]
+    if left == list(present):
+        return "micrec", f"no item of either domain has {dropped}, so dropping it changes nothing: MICRec's run"
+    if not any(text or image for text, image in left):
+        return "no-mm", (f"dropping {dropped} leaves no item of either domain a modality, so the similarity finds no "
+                         "neighbour and Eq. 5 adds nothing: w/o MM's run")
+    return None
+
+
+def modalities_present(dataset: Path) -> list[tuple[bool, bool]]:
+    """Per domain of a dataset: whether some item has a text feature, and whether some item has an image feature."""
+    return [(bool(f.text_mask.any()), bool(f.image_mask.any()))
+            for f in (load_features(dataset, domain) for domain in dataset_domains(dataset))]
+
+
+def twin(variant: str, dataset: Path) -> tuple[str, str] | None:
+    """`twin_of` on a built dataset's features (read only for the variants that drop a modality)."""
+    config = variant_config(variant, Path("."), 0)
+    return None if config.use_text and config.use_image else twin_of(variant, modalities_present(dataset))
+
+
+def with_twins(results: pd.DataFrame, dataset: Path, variants: Iterable[str]) -> pd.DataFrame:
+    """`collect`'s table with each of `variants` that has a twin on this dataset (`twin`) given its twin's rows,
+    relabelled, in place of any runs of its own; column `same_as` names the twin (None for a run of its own)."""
+    results = results.assign(same_as=None)
+    for variant in variants:
+        found = twin(variant, dataset)
+        if found is None:
+            continue
+        rows = results[results["variant"] == found[0]].assign(variant=variant, same_as=found[0])
+        results = pd.concat([results[results["variant"] != variant], rows], ignore_index=True)
+    return results
 
 
 def run_dir(runs: Path, dataset: Path, variant: str, seed: int, settings: Mapping[str, Any] | None = None) -> Path:
@@ -151,6 +198,9 @@ def run_grid(
 ) -> list[Path]:
     """Train every (variant, setting, seed) not already finished; returns the run folders in that order.
 
+    A variant whose run is another's by construction on this dataset (`twin`: a modality ablation on data without
+    that modality) is not trained: its twin's run is, and its folder stands in the variant's place.
+
     settings: config overrides per sweep point (each its own run folder, `variant_label`); default one point
     with none. overrides: config fields every run gets (max_epochs, device, ...), not part of the folder name.
     together: every run that can share a union graph with others (`batched.union_key`: all seeds of MICRec, its
@@ -185,12 +235,20 @@ def run_grid(
     data_hash = dataset_sha256(dataset)
     seeds = list(seeds)
     folders, cells, problems = [], {}, []
-    for variant in variants:
+    for asked in variants:
+        variant = asked
+        if (found := twin(asked, dataset)) is not None:
+            variant = found[0]
+            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", asked, Path(dataset).name,
+                        found[1])
         for setting in settings or [{}]:
             for seed in seeds:
                 config = variant_config(variant, dataset, seed, **(overrides | dict(setting)))
                 folder = run_dir(runs, dataset, variant, seed, setting)
+                repeated = folder in folders
                 folders.append(folder)
+                if repeated:
+                    continue
                 try:
                     if _finished(folder, config, data_hash, need_model):
                         continue
@@ -299,9 +357,14 @@ def why_stopped(metrics: dict[str, Any]) -> str:
 
 
 def provenance_table(run_info: pd.DataFrame) -> pd.DataFrame:
-    """Per run (rows of `collect`, one per run): commit, data hash, device, epochs, seconds and why it stopped."""
-    table = run_info[["git_commit", "dataset_sha256", "device", "max_epochs", "epochs_run", "best_epoch",
-                      "train_seconds", "stopped"]].copy()
+    """Per run (rows of `collect`, one per run): commit, data hash, device, epochs, seconds and why it stopped; with
+    `with_twins`' column where some row is a twin's, whose run each row is ("same_as", empty for its own)."""
+    columns = ["git_commit", "dataset_sha256", "device", "max_epochs", "epochs_run", "best_epoch", "train_seconds",
+               "stopped"]
+    twins = "same_as" in run_info and run_info["same_as"].notna().any()
+    table = run_info[(["same_as"] if twins else []) + columns].copy()
+    if twins:
+        table["same_as"] = table["same_as"].fillna("")
     table["git_commit"] = [
         "+".join(part[:10] for part in commit.split("+")) for commit in table["git_commit"].fillna("unknown")]
     table["dataset_sha256"] = table["dataset_sha256"].str[:12]
