@@ -69,6 +69,9 @@ def test_a_sweep_point_equal_to_the_variant_is_the_variant_s_own_run() -> None:
     assert variant_label("micrec-infonce", {"cl_loss": "infonce", "tau": 0.2}) == "micrec-infonce+tau=0.2"
     assert variant_label("inmo", {"se_weight": "diagonal"}) == "inmo"
     assert variant_label("inmo", {"se_weight": "full"}) == "inmo+se_weight=full"
+    assert variant_label("micrec", {"gamma_cl": 1, "cl_loss": "infonce"}) == "micrec-infonce"  # a named variant
+    assert variant_label("micrec", {"gamma_cl": 0.1, "cl_loss": "infonce"}) == "micrec+cl_loss=infonce+gamma_cl=0.1"
+    assert variant_label("no-cd", {"cl_loss": "infonce"}) == "no-cd+cl_loss=infonce"
 
 
 def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:

@@ -77,9 +77,13 @@ def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> 
 
 def variant_label(variant: str, settings: Mapping[str, Any] | None = None) -> str:
     """The folder name of a variant run with `settings`: the variant, then `+key=value` for each setting that
-    differs from the variant's own value, sorted (so a sweep point equal to the variant is the variant's run)."""
+    differs from the variant's own value, sorted (so a sweep point equal to the variant is the variant's run); a
+    point whose configuration is exactly another named variant's (micrec with cl_loss=infonce) is that variant's."""
     own = variant_config(variant, Path("."), 0).to_dict()
     changed = sorted((k, v) for k, v in (settings or {}).items() if k not in own or own[k] != v)
+    for name in VARIANT_SETTINGS:
+        if changed and name != variant and variant_config(name, Path("."), 0).to_dict() == own | dict(changed):
+            return name
     return "".join([variant, *(f"+{k}={v}" for k, v in changed)])
 
 

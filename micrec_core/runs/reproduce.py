@@ -196,7 +196,8 @@ class RunWatcher:
     unknown; the count and the pace are what can be told."""
 
     def __init__(self, runs: Path, chapter: str, every: float = 2.0) -> None:
-        self.runs, self.chapter, self.every = runs, chapter, every
+        # absolute: papermill changes the process's working directory while the chapter runs
+        self.runs, self.chapter, self.every = Path(runs).absolute(), chapter, every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
