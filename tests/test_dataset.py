@@ -259,6 +259,11 @@ def test_build_refuses_a_folder_that_holds_something_else(tmp_path: Path, capsys
     assert main(["data", "build", "--raw", str(raw), "--pair", "A,B", "--out", str(raw)]) == 2
     assert "not part of a dataset built by micrec" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+    (out / "notes.txt").unlink()
+    (out / "A" / "features").mkdir(parents=True)  # what `micrec features` adds belongs; a file beside it does not
+    (out / "A" / "extra.csv").write_text("x")
+    with pytest.raises(ValueError, match=r"mine/A/extra\.csv, which is not part of"):
+        build_dataset(raw, ("A", "B"), out, params=PARAMS)
 
 
 def test_rebuild_keeps_the_feature_cache(tmp_path: Path) -> None:

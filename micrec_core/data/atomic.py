@@ -25,9 +25,9 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger("micrec.atomic")
 TEMP_NAME = re.compile(r"\..+\.(?:(?P<pid>\d+)-[0-9a-f]{8}|(?P<legacy>[a-z0-9_]{8}))\.tmp(?:dir|\..*)?")
@@ -199,3 +199,25 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+Verdict = Literal["keep", "open", "foreign"]
+
+
+def check_layout(out: Path, verdict: Callable[[Path], Verdict], what: str) -> None:
+    """Refuse to write into `out` unless it is missing or a folder whose every path is its own: `verdict(path)` says
+    "keep" (one of ours, not looked into), "open" (a folder of ours whose entries are judged too) or "foreign"; the
+    error names the first foreign path and `what` the folder should hold."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    folders = [out]
+    while folders:
+        for path in sorted(folders.pop().iterdir()):
+            judged = verdict(path)
+            if judged == "foreign":
+                raise ValueError(f"--out {out} holds {path}, which is not part of {what}; "
+                                 "choose an empty or new folder")
+            if judged == "open":
+                folders.append(path)

@@ -56,8 +56,10 @@ import torch
 from micrec_core import __version__
 from micrec_core.data.amazon import find_file, image_dir, read_meta, read_reviews
 from micrec_core.data.atomic import (
+    Verdict,
     atomic_folder,
     atomic_path,
+    check_layout,
     folder_lock,
     fsync_path,
     is_temp_name,
@@ -336,29 +338,19 @@ def _check_pair(pair: tuple[str, ...]) -> None:
         raise ValueError(f"--pair needs two different domains, got {','.join(pair)!r}")
 
 
-def _unexpected(out: Path, path: Path) -> ValueError:
-    """The error for a path that a build folder should not hold."""
-    return ValueError(f"--out {out} holds {path}, which is not part of a dataset built by micrec; "
-                      "choose an empty or new folder")
-
-
-def _expected_layout(out: Path) -> None:
-    """Refuse to build into a folder holding anything other than a build (and what `micrec features` adds)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    for entry in sorted(out.iterdir()):
-        if is_temp_name(entry.name) or (entry.is_file() and entry.name in ("manifest.json", "stats.json")) or (
-            entry.is_dir() and entry.name == "cache"
-        ):
-            continue
-        if not entry.is_dir():
-            raise _unexpected(out, entry)
-        for path in sorted(entry.iterdir()):
-            if not (is_temp_name(path.name) or (path.is_file() and path.name in TABLES)
-                    or (path.is_dir() and path.name in ("images", "features"))):
-                raise _unexpected(out, path)
+def _build_entry(out: Path, path: Path) -> Verdict:
+    """What a build folder may hold (`check_layout`): manifest and stats, the feature cache, and per domain its
+    tables, images and features; temporaries of atomic writes anywhere."""
+    depth = len(path.relative_to(out).parts)
+    if is_temp_name(path.name):
+        return "keep"
+    if depth == 1:
+        top = ("manifest.json", "stats.json") if path.is_file() else ("cache",) if path.is_dir() else ()
+        if path.name in top:
+            return "keep"
+        return "open" if path.is_dir() else "foreign"
+    ours = (path.is_file() and path.name in TABLES) or (path.is_dir() and path.name in ("images", "features"))
+    return "keep" if ours else "foreign"
 
 
 def _keep_features(old: Path, new: Path, domains: Iterable[str]) -> None:
@@ -400,7 +392,7 @@ def _build(
     engine: str = "arrow",
 ) -> dict[str, Any]:
     """build_dataset's work, with the lock on `out` held."""
-    _expected_layout(out)
+    check_layout(out, lambda path: _build_entry(out, path), "a dataset built by micrec")
     manifest: dict[str, Any] = {
         "format": BUILD_FORMAT,
         "raw": str(raw.resolve()),

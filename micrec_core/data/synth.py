@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from micrec_core.data.atomic import write_bytes, write_json
+from micrec_core.data.atomic import Verdict, check_layout, write_bytes, write_json
 
 GENERATOR = "micrec_core.data.synth"
 MARKER = "SYNTHETIC.json"
@@ -373,34 +373,23 @@ def reviews_text(reviews: Reviews, people: People, items: Items) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _unexpected(out: Path, path: Path) -> ValueError:
-    """The error for a path that a synthetic dataset folder should not hold."""
-    return ValueError(f"--out {out} holds {path}, which is not part of a synthetic dataset; "
-                      "choose an empty or new folder")
-
-
-def _expected_layout(out: Path) -> None:
-    """Refuse to write into a folder holding anything other than a (possibly partial) synthetic dataset."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+def _synthetic_entry(out: Path, path: Path) -> Verdict:
+    """What a (possibly partial) synthetic dataset folder may hold (`check_layout`): its marker, and per domain the
+    reviews, metadata, truth tables and the images folder of that domain's PNGs."""
+    parts = path.relative_to(out).parts
     specs = {spec.name: spec for spec in DOMAINS}
-    for entry in sorted(out.iterdir()):
-        if entry.name == MARKER and entry.is_file():
-            continue
-        if entry.name not in specs or not entry.is_dir():
-            raise _unexpected(out, entry)
-        allowed = {f"reviews_{entry.name}_5.json.gz", f"meta_{entry.name}.json.gz", "truth_items.csv",
-                   "truth_users.csv", "images"}
-        for path in sorted(entry.iterdir()):
-            if path.name not in allowed or (path.name == "images") != path.is_dir():
-                raise _unexpected(out, path)
-        image = re.compile(rf"{specs[entry.name].asin_prefix}\d{{5}}\.png")
-        images = entry / "images"
-        for path in sorted(images.iterdir()) if images.is_dir() else []:
-            if not (image.fullmatch(path.name) and path.is_file()):
-                raise _unexpected(out, path)
+    if len(parts) == 1:
+        if path.name == MARKER and path.is_file():
+            return "keep"
+        return "open" if path.name in specs and path.is_dir() else "foreign"
+    domain = parts[0]
+    if len(parts) == 2:
+        if path.name == "images":
+            return "open" if path.is_dir() else "foreign"
+        files = {f"reviews_{domain}_5.json.gz", f"meta_{domain}.json.gz", "truth_items.csv", "truth_users.csv"}
+        return "keep" if path.name in files and not path.is_dir() else "foreign"
+    image = re.fullmatch(rf"{specs[domain].asin_prefix}\d{{5}}\.png", path.name)
+    return "keep" if len(parts) == 3 and image and path.is_file() else "foreign"
 
 
 def _remove_stale_images(folder: Path, written: set[str]) -> None:
@@ -451,7 +440,7 @@ def synthesize(out: Path, seed: int = 0, size: str = "small") -> dict[str, Any]:
         raise ValueError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     out = Path(out)
     params = SIZES[size]
-    _expected_layout(out)
+    check_layout(out, lambda path: _synthetic_entry(out, path), "a synthetic dataset")
     (out / MARKER).unlink(missing_ok=True)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(1 + 3 * len(DOMAINS))]
     people = make_people(params, streams[0])
