@@ -19,7 +19,8 @@
 # checkpoint's last validation NDCG, and the run's metrics.json lists every code version that trained it
 # (provenance.code_history; the book's provenance tables show such a run's commits joined by "+"). The order:
 #   1. seed 0 of what chapters 5 and 6 (issue #13, the contrastive loss's scale) need: MICRec, INMO, the ablations
-#      (Table 3), MICRec with InfoNCE, and INMO with the full W;
+#      (Table 3; on data without images w/o VIS is MICRec's run and w/o TXT w/o MM's, trained once: grid.twin_of),
+#      MICRec with InfoNCE, and INMO with the full W, in one grid call so that both cores stay busy to its end;
 #   2. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
 #      trains the other seeds of the point validation selects);
 #   3. seeds 1..SEEDS-1 of stage 1;
@@ -69,18 +70,16 @@ grid() {
     --threads 1 --max-epochs 1000 --stop-after "$left" --quiet $([ "$ACROSS_CODE" = 1 ] && echo --resume-across-code) "$@"
   say "exit $?"
 }
-SCALE=micrec,inmo,no-cd,no-mm,no-vis,no-txt,micrec-infonce
+SCALE=micrec,inmo,no-cd,no-mm,no-vis,no-txt,micrec-infonce,inmo+se_weight=full  # no-vis, no-txt: see grid.twin_of
 BASELINES=lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl
 SLOW=idcf,neumf
 stages() {
   grid --variants "$SCALE" --seeds 1 || return
-  grid --variants inmo --set se_weight=full --seeds 1 || return
   for sweep in "${SWEEPS[@]}"; do
     # shellcheck disable=SC2086
     grid --variants micrec $sweep --seeds 1 || return
   done
   grid --variants "$SCALE" --seeds "$SEEDS" || return
-  grid --variants inmo --set se_weight=full --seeds "$SEEDS" || return
   grid --variants "$BASELINES" --seeds "$SEEDS" || return
   for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
     grid --variants "$SLOW" --seeds "$seeds" || return

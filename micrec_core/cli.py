@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid = command(commands, "grid", "train every variant x seed on a dataset, reusing finished runs")
     grid.add_argument("--dataset", required=True, help="built dataset folder")
     grid.add_argument("--variants", default="micrec,no-mm,no-cd,no-vis,no-txt,inmo,lightgcn",
-                      help="comma-separated registered models and MICRec ablations")
+                      help="comma-separated registered models and MICRec ablations, each optionally with settings "
+                      "of its own as its run folder names them (inmo+se_weight=full)")
     grid.add_argument("--seeds", type=int, default=5, help="train seeds 0..N-1")
     grid.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
     grid.add_argument("--jobs", type=int, default=1, help="cells (unions or single runs) trained at once, one "

@@ -81,3 +81,22 @@ def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:
     assert len(points) == 6 and points[:4] == expand(["gamma_cl=1,0.1", "loss_reduction=mean,sum"])
     assert sweep_points("gamma_cl=1; gamma_cl=1") == [{"gamma_cl": 1.0}]
     assert sweep_points("") == []
+
+
+def test_a_variant_can_carry_its_own_settings_as_its_run_label_names_them(tiny_dataset: Path, tmp_path: Path) -> None:
+    from micrec_core.runs.grid import parse_variant
+
+    assert parse_variant("inmo+se_weight=full+lr=0.01") == ("inmo", {"se_weight": "full", "lr": 0.01})
+    assert parse_variant("micrec") == ("micrec", {})
+    for bad, message in (("nomodel+lr=1", "variant must be one of"), ("inmo+lr", "expected name"),
+                         ("inmo+lr=1+lr=2", "each key once"), ("inmo+lr=fast", "not a valid float")):
+        with pytest.raises(ValueError, match=message):
+            parse_variant(bad)
+    small = {"dim": 8, "max_epochs": 1, "batches_per_epoch": 2, "device": "cpu"}
+    labelled = run_grid(tiny_dataset, ["lightgcn+lr=0.01"], [0], tmp_path, **small)
+    assert [f.relative_to(tmp_path).as_posix() for f in labelled] == ["built/lightgcn+lr=0.01/seed0"]
+    stamp = (labelled[0] / "metrics.json").stat().st_mtime_ns
+    assert run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path, settings=[{"lr": 0.01}], **small) == labelled
+    assert (labelled[0] / "metrics.json").stat().st_mtime_ns == stamp  # the same run, reused
+    with pytest.raises(ValueError, match="both set lr"):
+        run_grid(tiny_dataset, ["lightgcn+lr=0.01"], [0], tmp_path, settings=[{"lr": 0.1}], **small)

@@ -38,6 +38,7 @@ from micrec_core.runs.experiment import (
     run_together,
     same_config,
 )
+from micrec_core.runs.sweep import parse_value
 from micrec_core.training.batched import union_key
 from micrec_core.training.train import CHECKPOINT, TrainingDiverged, stop_reason
 
@@ -66,6 +67,20 @@ def variant_model(variant: str) -> tuple[str, str | None]:
         return variant, None
     raise ValueError(f"variant must be one of {', '.join([*VARIANTS, *sorted(set(REGISTRY) - set(VARIANTS))])}, "
                      f"got {variant!r}")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """A variant as the grid is asked for it: a name, or a run label with settings (`variant_label`'s format, e.g.
+    inmo+se_weight=full), each value typed like its Config field."""
+    name, *pairs = text.split("+")
+    variant_model(name)
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key in settings:
+            raise ValueError(f"variant {text!r}: expected name+key=value[+key=value...], each key once")
+        settings[key] = parse_value(key, value)
+    return name, settings
 
 
 def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> Config:
@@ -202,8 +217,10 @@ def run_grid(
 ) -> list[Path]:
     """Train every (variant, setting, seed) not already finished; returns the run folders in that order.
 
-    A variant whose run is another's by construction on this dataset (`twin`: a modality ablation on data without
-    that modality) is not trained: its twin's run is, and its folder stands in the variant's place.
+    variants: names, or run labels with settings of their own (`parse_variant`: inmo+se_weight=full), which combine
+    with every point of `settings` (a key set by both is refused). A variant whose run is another's by construction
+    on this dataset (`twin`: a modality ablation on data without that modality) is not trained: its twin's run is,
+    and its folder stands in the variant's place.
 
     settings: config overrides per sweep point (each its own run folder, `variant_label`); default one point
     with none. overrides: config fields every run gets (max_epochs, device, ...), not part of the folder name.
@@ -240,14 +257,17 @@ def run_grid(
     seeds = list(seeds)
     folders, cells, problems = [], {}, []
     for asked in variants:
-        variant = asked
-        if (found := twin(asked, dataset)) is not None:
-            variant = found[0]
-            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", asked, Path(dataset).name,
+        variant, own = parse_variant(asked)
+        if (found := twin(variant, dataset)) is not None:
+            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", variant, Path(dataset).name,
                         found[1])
-        for setting in settings or [{}]:
+            variant = found[0]
+        for point in settings or [{}]:
+            if clash := sorted(set(own) & set(point)):
+                raise ValueError(f"variant {asked!r} and a --set point both set {', '.join(clash)}")
+            setting = own | dict(point)
             for seed in seeds:
-                config = variant_config(variant, dataset, seed, **(overrides | dict(setting)))
+                config = variant_config(variant, dataset, seed, **(overrides | setting))
                 folder = run_dir(runs, dataset, variant, seed, setting)
                 repeated = folder in folders
                 folders.append(folder)
