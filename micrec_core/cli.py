@@ -135,11 +135,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     from micrec_core.runs.experiment import run_experiment
+    from micrec_core.runs.grid import twin
 
     config = Config(
         model=args.model, ablation=args.ablation, dataset=str(Path(args.dataset).resolve()), seed=args.seed,
         device=args.device, **_config_overrides(args),
     )
+    if config.ablation is not None and (found := twin(config.ablation, Path(args.dataset))) is not None:
+        logging.getLogger("micrec.train").warning(
+            "--ablation %s trains %s's run again on this data: %s (`micrec grid` trains it once)", config.ablation,
+            found[0], found[1])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     metrics = run_experiment(config, Path(args.out), resume=args.resume or args.resume_across_code,

@@ -410,3 +410,15 @@ def test_a_grid_trains_a_twin_once_and_its_rows_stand_for_the_variant(text_only_
         assert set(rows["same_as"]) == {same}
         assert rows["value"].tolist() == table.loc[table["variant"] == same, "value"].tolist()
     assert table.loc[table["variant"].isin(["micrec", "no-mm"]), "same_as"].isna().all()
+
+
+def test_training_a_twin_alone_says_whose_run_it_is(text_only_dataset: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from micrec_core.cli import main
+
+    argv = ["train", "--dataset", str(text_only_dataset), "--model", "micrec", "--max-epochs", "1", "--device",
+            "cpu", "--quiet", "--out"]
+    with caplog.at_level("WARNING", logger="micrec.train"):
+        assert main([*argv, str(tmp_path / "vis"), "--ablation", "no-vis"]) == 0
+        assert main([*argv, str(tmp_path / "cd"), "--ablation", "no-cd"]) == 0
+    assert caplog.text.count("trains micrec's run again on this data") == 1 and "no-cd" not in caplog.text
