@@ -8,6 +8,7 @@
 # kept in its checkpoint): runs stop MARGIN seconds (default 600) before BUDGET to leave time for that.
 #
 #   bash bench/cpu_session.sh                 # Beauty x Electronics, 2 jobs of 1 thread, BUDGET=4200 s
+#   PLAN=1 bash bench/cpu_session.sh          # train nothing: each stage's runs by state (`micrec grid --plan`)
 #   PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
 #
 # It needs a clean checkout (every run records the commit that trained it) and builds the pair and its text
@@ -48,11 +49,12 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-data/processed/$NAME}
 RUNS=${RUNS:-runs/$NAME/runs}
 ACROSS_CODE=${ACROSS_CODE:-1}
+PLAN=${PLAN:-0}
 SWEEPS=("--set gamma_cl=1,0.1,0.01,0.001 --set loss_reduction=mean,sum --set cl_loss=paper,infonce"
         "--set gamma_cl=1,0.1,0.01,0.001 --set tau=0.2,0.5")
 START=$(date +%s)
 say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+if [ "$PLAN" != 1 ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   say "the checkout has uncommitted changes: the runs would record a commit that is not the code that trained them"
   exit 2
 fi
@@ -63,6 +65,12 @@ if [ ! -f "$DATA/manifest.json" ]; then
   "$PY" -m micrec_core.cli features --dataset "$DATA" || exit 1
 fi
 grid() {
+  if [ "$PLAN" = 1 ]; then
+    say "plan: grid $*"
+    "$PY" -m micrec_core.cli grid --plan --dataset "$DATA" --runs "$RUNS" --device cpu --max-epochs 1000 \
+      $([ "$ACROSS_CODE" = 1 ] && echo --resume-across-code) "$@" 2>/dev/null | tail -n 1
+    return 0
+  fi
   left=$(( BUDGET - MARGIN - ($(date +%s) - START) ))
   [ "$left" -gt 60 ] || { say "budget spent; skipped: $*"; return 1; }
   say "grid $* (runs stop after $left s)"

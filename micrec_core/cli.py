@@ -156,9 +156,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """micrec grid."""
-    from micrec_core.runs.grid import failures, run_grid
+    from micrec_core.runs.grid import failures, plan_grid, run_grid
     from micrec_core.runs.sweep import expand
 
+    if args.plan:
+        plan = plan_grid(Path(args.dataset), args.variants.split(","), range(args.seeds), Path(args.runs),
+                         settings=expand(args.set), force=args.force, across_code=args.resume_across_code,
+                         device=args.device, **_config_overrides(args))
+        print(plan.to_string(index=False))
+        counts = plan.drop_duplicates("run" if plan.empty else ["run", "seed"])["state"].value_counts()
+        print("runs:", ", ".join(f"{n} {state}" for state, n in counts.items()) or "none")
+        return
     choice = {"auto": None, "yes": True, "no": False}
     together, graph = choice[args.together], choice[args.graph]
     folders = run_grid(
@@ -301,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop runs still training after this much wall time, at their best epoch so far "
                            "(metrics.json: stopped = 'time budget')")
     grid.add_argument("--quiet", action="store_true", help="no progress bars")
+    grid.add_argument("--plan", action="store_true", help="train nothing: list each asked run, the folder that "
+                      "stands for it and its state (finished, diverged, resume, new, refused)")
     grid.set_defaults(func=cmd_grid)
 
     rerun = command(commands, "reproduce", "execute the book's notebooks for one pair with papermill")

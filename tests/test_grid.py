@@ -18,6 +18,7 @@ from micrec_core.runs.experiment import load_run, run_experiment
 from micrec_core.runs.grid import (
     GridError,
     collect,
+    plan_grid,
     run_dir,
     run_grid,
     stopping_statement,
@@ -422,3 +423,23 @@ def test_training_a_twin_alone_says_whose_run_it_is(text_only_dataset: Path, tmp
         assert main([*argv, str(tmp_path / "vis"), "--ablation", "no-vis"]) == 0
         assert main([*argv, str(tmp_path / "cd"), "--ablation", "no-cd"]) == 0
     assert caplog.text.count("trains micrec's run again on this data") == 1 and "no-cd" not in caplog.text
+
+
+def test_a_plan_says_what_a_grid_call_would_do_and_trains_nothing(text_only_dataset: Path, tmp_path: Path) -> None:
+    small = {"dim": 8, "max_epochs": 3, "batches_per_epoch": 2, "device": "cpu"}
+    asked = ["micrec", "no-vis", "inmo+se_weight=full"]
+
+    def states() -> list[tuple[str, int, str, str]]:
+        plan = plan_grid(text_only_dataset, asked, [0, 1], tmp_path, **small)
+        return list(plan.itertuples(index=False, name=None))
+
+    assert states() == [("micrec", 0, "micrec", "new"), ("micrec", 1, "micrec", "new"),
+                        ("no-vis", 0, "micrec", "new"), ("no-vis", 1, "micrec", "new"),
+                        ("inmo+se_weight=full", 0, "inmo+se_weight=full", "new"),
+                        ("inmo+se_weight=full", 1, "inmo+se_weight=full", "new")]
+    assert not (tmp_path / text_only_dataset.name).exists()
+    run_grid(text_only_dataset, ["micrec"], [0], tmp_path, **small)
+    run_grid(text_only_dataset, ["inmo+se_weight=full"], [1], tmp_path, deadline=time.time(), **small)
+    assert [state for *_, state in states()] == ["finished", "new", "finished", "new", "new", "resume"]
+    run_grid(text_only_dataset, ["micrec"], [1], tmp_path, **(small | {"lr": 0.01}))  # another configuration's run
+    assert [state for *_, state in states()][:2] == ["finished", "refused"]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,79 @@ def _train_cell(
     return folders
 
 
+@dataclass
+class _Plan:
+    """What a grid call would do: every asked run's folder in order, the cells to train, the folders refused, and
+    per asked (variant label, seed) the run that stands for it and its state."""
+
+    folders: list[Path] = field(default_factory=list)
+    cells: dict[Any, tuple[list[Config], list[Path]]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _plan(
+    dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
+    settings: Sequence[Mapping[str, Any]] | None, together: bool, need_model: bool, force: bool, across_code: bool,
+    overrides: Mapping[str, Any],
+) -> _Plan:
+    """Resolve twins and labels, and sort each run into finished, to train (new or resumed) or refused."""
+    data_hash = dataset_sha256(dataset)
+    seeds = list(seeds)
+    plan, states = _Plan(), {}
+    for asked in variants:
+        variant, own = parse_variant(asked)
+        if (found := twin(variant, dataset)) is not None:
+            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", variant, Path(dataset).name,
+                        found[1])
+            variant = found[0]
+        for point in settings or [{}]:
+            if clash := sorted(set(own) & set(point)):
+                raise ValueError(f"variant {asked!r} and a --set point both set {', '.join(clash)}")
+            setting = own | dict(point)
+            for seed in seeds:
+                config = variant_config(variant, dataset, seed, **(overrides | setting))
+                folder = run_dir(runs, dataset, variant, seed, setting)
+                plan.folders.append(folder)
+                if folder not in states:
+                    states[folder] = _state(folder, config, data_hash, need_model, force, across_code, plan)
+                    if states[folder] in ("new", "resume"):
+                        union = together and model_class(config.model).union
+                        key = union_key(config) if union else (variant_label(variant, setting), seed)
+                        plan.cells.setdefault(key, ([], []))
+                        plan.cells[key][0].append(config)
+                        plan.cells[key][1].append(folder)
+                plan.rows.append({"asked": variant_label(parse_variant(asked)[0], setting), "seed": seed,
+                                  "run": folder.parent.name, "state": states[folder]})
+    return plan
+
+
+def _state(folder: Path, config: Config, data_hash: str, need_model: bool, force: bool, across_code: bool,
+           plan: _Plan) -> str:
+    """'finished', 'diverged', 'resume' (a checkpoint to continue), 'new', or 'refused' (its reason goes to
+    plan.problems)."""
+    try:
+        if _finished(folder, config, data_hash, need_model):
+            return "diverged" if (folder / FAILED_FILE).is_file() else "finished"
+        check_folder(folder, config, data_hash, resume=True, force=force, across_code=across_code)
+    except ValueError as err:
+        plan.problems.append(str(err))
+        return "refused"
+    return "resume" if (folder / CHECKPOINT).is_file() else "new"
+
+
+def plan_grid(
+    dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
+    settings: Sequence[Mapping[str, Any]] | None = None, need_model: bool = False, force: bool = False,
+    across_code: bool = False, **overrides: Any,
+) -> pd.DataFrame:
+    """What `run_grid` with these arguments would do, without training: per asked (variant label, seed) the run
+    folder that stands for it (its twin's, for a twin) and its state: finished, diverged, resume (from its
+    checkpoint), new, or refused (see `run_grid` for why a folder is refused)."""
+    found = _plan(dataset, variants, seeds, runs, settings, False, need_model, force, across_code, overrides)
+    return pd.DataFrame(found.rows, columns=["asked", "seed", "run", "state"])
+
+
 class GridError(RuntimeError):
     """Runs of a grid that could not be trained or checked; every other run of the grid was trained."""
 
@@ -253,38 +327,8 @@ def run_grid(
     graph = together and cuda if graph is None else graph
     if graph and not cuda:
         raise ValueError(f"CUDA graphs need a CUDA device, got {overrides.get('device', 'auto')}")
-    data_hash = dataset_sha256(dataset)
-    seeds = list(seeds)
-    folders, cells, problems = [], {}, []
-    for asked in variants:
-        variant, own = parse_variant(asked)
-        if (found := twin(variant, dataset)) is not None:
-            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", variant, Path(dataset).name,
-                        found[1])
-            variant = found[0]
-        for point in settings or [{}]:
-            if clash := sorted(set(own) & set(point)):
-                raise ValueError(f"variant {asked!r} and a --set point both set {', '.join(clash)}")
-            setting = own | dict(point)
-            for seed in seeds:
-                config = variant_config(variant, dataset, seed, **(overrides | setting))
-                folder = run_dir(runs, dataset, variant, seed, setting)
-                repeated = folder in folders
-                folders.append(folder)
-                if repeated:
-                    continue
-                try:
-                    if _finished(folder, config, data_hash, need_model):
-                        continue
-                    check_folder(folder, config, data_hash, resume=True, force=force, across_code=across_code)
-                except ValueError as err:
-                    problems.append(str(err))
-                    continue
-                union = together and model_class(config.model).union
-                key = union_key(config) if union else (variant_label(variant, setting), seed)
-                cells.setdefault(key, ([], []))
-                cells[key][0].append(config)
-                cells[key][1].append(folder)
+    found = _plan(dataset, variants, seeds, runs, settings, together, need_model, force, across_code, overrides)
+    folders, cells, problems = found.folders, found.cells, found.problems
     if executor == "ray":
         from micrec_core.runs.ray_executor import run_cells
 
