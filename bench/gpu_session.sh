@@ -16,6 +16,12 @@
 # (timeout_s 600). The device image has torch, pandas, pyarrow and tqdm, which is all the core needs to train (the
 # encoders are not loaded: features come cached). .gpu/ is git-ignored.
 #
+# Runs that CPU sessions finished (bench/cpu_session.sh) are not trained again: pack their json files with
+#   PYTHONPATH=. .venv/bin/python bench/pack_finished.py <the CPU sessions' RUNS> .gpu/runs.tar.gz
+# (early-stopped and diverged runs only; a few hundred kB), which this script unpacks into RUNS_DIR first, and
+# `micrec grid` reuses each by its configuration and data sha256. A CPU run stopped by a time budget starts afresh
+# here (its checkpoint is too large to carry).
+#
 # Run it as `MICREC_GIT_COMMIT=<the commit> bash bench/gpu_session.sh`: the device copy of .git can be stale (seen
 # 2026-11-27), and the runs must record the code that ran.
 #
@@ -90,6 +96,7 @@ if [ "$CONTINUE" = 1 ] && [ ! -d "$RUNS_DIR" ]; then
   say "CONTINUE=1 but $RUNS_DIR is not here (a fresh machine): nothing to resume"; exit 3
 fi
 if [ -f .gpu/data.tar.gz ]; then tar xzf .gpu/data.tar.gz; fi
+if [ -f .gpu/runs.tar.gz ]; then mkdir -p "$RUNS_DIR" && tar xzf .gpu/runs.tar.gz -C "$RUNS_DIR"; fi
 
 { echo "commit ${MICREC_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"; nvidia-smi 2>/dev/null; nproc
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"

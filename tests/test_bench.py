@@ -52,3 +52,25 @@ def test_validation_profile_prints_warm_timings(tiny_dataset: Path) -> None:
     done = script("profile_validation.py", "--dataset", str(tiny_dataset), "--variant", "inmo", "--repeat", "2")
     assert done.returncode == 0, done.stderr
     assert "warm median" in done.stdout and "aten::topk" in done.stdout
+
+
+def test_pack_finished_carries_results_and_leaves_runs_a_budget_stopped(tiny_dataset: Path, tmp_path: Path) -> None:
+    import tarfile
+    import time
+
+    from micrec_core.runs.grid import run_grid
+
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    run_grid(tiny_dataset, ["inmo"], [0], tmp_path / "runs", **small)
+    run_grid(tiny_dataset, ["lightgcn"], [0], tmp_path / "runs", deadline=time.time(), **small)
+    done = script("pack_finished.py", str(tmp_path / "runs"), str(tmp_path / "runs.tar.gz"))
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp_path / "runs.tar.gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == ["built/inmo/seed0/config.json", "built/inmo/seed0/metrics.json"]
+    unpacked = tmp_path / "device_runs"
+    with tarfile.open(tmp_path / "runs.tar.gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    stamp = (unpacked / "built" / "inmo" / "seed0" / "metrics.json").stat().st_mtime_ns
+    run_grid(tiny_dataset, ["inmo"], [0], unpacked, **small)  # reused there, not trained again
+    assert (unpacked / "built" / "inmo" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
