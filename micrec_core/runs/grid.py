@@ -226,9 +226,10 @@ def _plan(
     seeds = list(seeds)
     plan, states = _Plan(), {}
     for asked in variants:
-        variant, own = parse_variant(asked)
-        if (found := twin(variant, dataset)) is not None:
-            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", variant, Path(dataset).name,
+        name, own = parse_variant(asked)
+        variant = name
+        if (found := twin(name, dataset)) is not None:
+            log.warning("%s on %s is not trained: %s (micrec_core.runs.grid.twin_of)", name, Path(dataset).name,
                         found[1])
             variant = found[0]
         for point in settings or [{}]:
@@ -247,7 +248,7 @@ def _plan(
                         plan.cells.setdefault(key, ([], []))
                         plan.cells[key][0].append(config)
                         plan.cells[key][1].append(folder)
-                plan.rows.append({"asked": variant_label(parse_variant(asked)[0], setting), "seed": seed,
+                plan.rows.append({"asked": variant_label(name, setting), "seed": seed,
                                   "run": folder.parent.name, "state": states[folder]})
     return plan
 
