@@ -164,7 +164,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
                          settings=expand(args.set), force=args.force, across_code=args.resume_across_code,
                          device=args.device, **_config_overrides(args))
         print(plan.to_string(index=False))
-        counts = plan.drop_duplicates("run" if plan.empty else ["run", "seed"])["state"].value_counts()
+        counts = plan.drop_duplicates(["run", "seed"])["state"].value_counts()  # a twin's run counts once
         print("runs:", ", ".join(f"{n} {state}" for state, n in counts.items()) or "none")
         return
     choice = {"auto": None, "yes": True, "no": False}

@@ -18,10 +18,8 @@ from micrec_core.evaluation.metrics import GROUPS
 from micrec_core.runs.grid import (
     provenance_line,
     provenance_table,
-    run_dir,
     run_grid,
     stopping_statement,
-    twin,
     variant_model,
 )
 
@@ -29,25 +27,24 @@ from micrec_core.runs.grid import (
 def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
                **options: Any) -> dict[tuple[str, int], Path]:
     """`grid.run_grid` for every (variant, seed), printing per run whether it was reused or trained now; a variant
-    with a twin on this dataset (`grid.twin`) gets its twin's folder, and says so."""
+    whose run is another's on this dataset (`grid.twin`) gets the folder the grid trained for it, and says so."""
     variants, seeds = list(variants), list(seeds)
-    twins = {v: twin(v, dataset) for v in variants}
-    for v, found in twins.items():
-        if found is not None:
-            print(f"{v} is {found[0]}'s run on this data, not trained on its own: {found[1]}")
-    folders = {(v, k): run_dir(Path(runs), dataset, v if twins[v] is None else twins[v][0], k)
-               for v in variants for k in seeds}
 
-    def stamp(folder: Path) -> float | None:
-        path = folder / "metrics.json"
-        return path.stat().st_mtime if path.is_file() else None
+    def stamps() -> dict[Path, float]:
+        root = Path(runs) / Path(dataset).resolve().name
+        return {path.parent: path.stat().st_mtime for path in root.glob("*/seed*/metrics.json")}
 
-    before = {key: stamp(folder) for key, folder in folders.items()}
+    before = stamps()
     start = time.perf_counter()
-    run_grid(dataset, variants, seeds, Path(runs), **options)
+    trained = run_grid(dataset, variants, seeds, Path(runs), **options)
     print(f"grid ready in {time.perf_counter() - start:.0f} s")
+    after = stamps()
+    folders = dict(zip([(v, k) for v in variants for k in seeds], trained, strict=True))
     for (v, k), folder in folders.items():
-        print(f"{v:>14} seed {k}: {'reused' if before[(v, k)] == stamp(folder) else 'trained now'} -> {folder}")
+        if k == seeds[0] and folder.parent.name != v:
+            print(f"{v} is {folder.parent.name}'s run on this data, not trained on its own")
+    for (v, k), folder in folders.items():
+        print(f"{v:>14} seed {k}: {'reused' if before.get(folder) == after.get(folder) else 'trained now'} -> {folder}")
     return folders
 
 

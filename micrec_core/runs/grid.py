@@ -241,7 +241,9 @@ def _plan(
                 folder = run_dir(runs, dataset, variant, seed, setting)
                 plan.folders.append(folder)
                 if folder not in states:
-                    states[folder] = _state(folder, config, data_hash, need_model, force, across_code, plan)
+                    states[folder], problem = _state(folder, config, data_hash, need_model, force, across_code)
+                    if problem is not None:
+                        plan.problems.append(problem)
                     if states[folder] in ("new", "resume"):
                         union = together and model_class(config.model).union
                         key = union_key(config) if union else (variant_label(variant, setting), seed)
@@ -253,18 +255,17 @@ def _plan(
     return plan
 
 
-def _state(folder: Path, config: Config, data_hash: str, need_model: bool, force: bool, across_code: bool,
-           plan: _Plan) -> str:
-    """'finished', 'diverged', 'resume' (a checkpoint to continue), 'new', or 'refused' (its reason goes to
-    plan.problems)."""
+def _state(folder: Path, config: Config, data_hash: str, need_model: bool, force: bool,
+           across_code: bool) -> tuple[str, str | None]:
+    """A run folder's state, 'finished', 'diverged', 'resume' (a checkpoint to continue), 'new' or 'refused', and
+    why it is refused."""
     try:
         if _finished(folder, config, data_hash, need_model):
-            return "diverged" if (folder / FAILED_FILE).is_file() else "finished"
+            return ("diverged" if (folder / FAILED_FILE).is_file() else "finished"), None
         check_folder(folder, config, data_hash, resume=True, force=force, across_code=across_code)
     except ValueError as err:
-        plan.problems.append(str(err))
-        return "refused"
-    return "resume" if (folder / CHECKPOINT).is_file() else "new"
+        return "refused", str(err)
+    return ("resume" if (folder / CHECKPOINT).is_file() else "new"), None
 
 
 def plan_grid(
