@@ -68,6 +68,8 @@ def test_pack_finished_carries_results_and_leaves_runs_a_budget_stopped(tiny_dat
     with tarfile.open(tmp_path / "runs.tar.gz") as tar:
         names = sorted(tar.getnames())
     assert names == ["built/inmo/seed0/config.json", "built/inmo/seed0/metrics.json"]
+    listed = script("pack_finished.py", "--list", str(tmp_path / "runs"))
+    assert listed.stdout.split() == [(tmp_path / "runs" / "built" / "inmo" / "seed0").as_posix()]
     unpacked = tmp_path / "device_runs"
     with tarfile.open(tmp_path / "runs.tar.gz") as tar:
         tar.extractall(unpacked, filter="data")
