@@ -59,10 +59,12 @@ PLAN=${PLAN:-0}
 # reduction at gamma g weighs L_CL as the sum at about g x the batch size) and the denominator at the two largest
 # gammas. On Toys x Games every cut point (gamma 0.001, tau 0.2 or 0.5, InfoNCE below gamma 0.1) stopped at MICRec's best epoch (49) with
 # validation NDCG@20 within 0.002 of its own in each domain, below what its seeds differ by. SWEEP_CHAPTER is the same grid in the `sweep`
-# syntax of chapter 6 (`micrec reproduce --chapter sweep=...`).
+# syntax of chapter 6 (`micrec reproduce --chapter sweep=...`), which says what it leaves out when also given
+# `--chapter full_sweep=<SWEEP_FULL>`, the grid Toys x Games ran.
 SWEEPS=("--set gamma_cl=1,0.1,0.01 --set loss_reduction=mean,sum"
         "--set gamma_cl=1,0.1 --set cl_loss=paper,infonce")
 SWEEP_CHAPTER="gamma_cl=1,0.1,0.01 loss_reduction=mean,sum; gamma_cl=1,0.1 cl_loss=paper,infonce"
+SWEEP_FULL="gamma_cl=1,0.1,0.01,0.001 loss_reduction=mean,sum cl_loss=paper,infonce; gamma_cl=1,0.1,0.01,0.001 tau=0.2,0.5"
 START=$(date +%s)
 say() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - START ))s] $*"; }
 if [ "$PLAN" != 1 ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
@@ -105,6 +107,6 @@ stages() {
   done
 }
 stages
-[ "$PLAN" = 1 ] && say "chapter 6 sweep: $SWEEP_CHAPTER"
+[ "$PLAN" = 1 ] && say "chapter 6: --chapter \"sweep=$SWEEP_CHAPTER\" --chapter \"full_sweep=$SWEEP_FULL\""
 say "finished: $(find "$RUNS" -name metrics.json | wc -l) runs," \
   "$(grep -l '"stopped": "time budget"' -r "$RUNS" --include=metrics.json | wc -l) of them stopped by the budget"

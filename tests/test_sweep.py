@@ -100,3 +100,15 @@ def test_a_variant_can_carry_its_own_settings_as_its_run_label_names_them(tiny_d
     assert (labelled[0] / "metrics.json").stat().st_mtime_ns == stamp  # the same run, reused
     with pytest.raises(ValueError, match="both set lr"):
         run_grid(tiny_dataset, ["lightgcn+lr=0.01"], [0], tmp_path, settings=[{"lr": 0.1}], **small)
+
+
+def test_a_narrowed_sweep_says_what_it_leaves_out() -> None:
+    from micrec_core.runs.sweep import narrowing
+
+    full = "gamma_cl=1,0.1,0.001 loss_reduction=mean,sum; gamma_cl=1,0.1 tau=0.2,0.5"
+    text = narrowing("gamma_cl=1,0.1 loss_reduction=mean,sum", full)
+    assert text.startswith("This sweep runs 4 of the 10 points") and "6 are left out" in text
+    assert "gamma_cl = 0.001; tau = 0.2, 0.5." in text and "loss_reduction =" not in text
+    assert narrowing(full, full).startswith("This sweep runs every point")
+    defaults = narrowing("gamma_cl=1,0.1", "gamma_cl=1,0.1 cl_loss=paper,infonce")  # paper: Config's default
+    assert defaults.startswith("This sweep runs 2 of the 4 points") and "cl_loss = infonce." in defaults

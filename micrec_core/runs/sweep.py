@@ -89,6 +89,28 @@ def sweep_points(text: str | None) -> list[dict[str, Any]]:
     return points
 
 
+def narrowing(sweep: str | None, full: str) -> str:
+    """A sentence on what a chapter's `sweep` leaves out of a fuller grid (both in `sweep_points` syntax): how many
+    of the full grid's points it runs, and each setting value that no point it runs has. Points are compared as
+    configurations: a setting a point leaves out has `Config`'s default."""
+    defaults = Config()
+    keys = {key for p in [*sweep_points(sweep), *sweep_points(full)] for key in p}
+    ran, wide = ([{key: p.get(key, getattr(defaults, key)) for key in sorted(keys)} for p in sweep_points(text)]
+                 for text in (sweep, full))
+    missing = [p for p in wide if p not in ran]
+    if not missing:
+        return f"This sweep runs every point of `{full}` ({len(wide)} points)."
+    values: dict[str, list[Any]] = {}
+    for point in sweep_points(full):
+        for key, value in point.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    dropped = {key: [v for v in vs if not any(p.get(key) == v for p in ran)] for key, vs in values.items()}
+    left = "; ".join(f"{key} = {', '.join(map(str, vs))}" for key, vs in dropped.items() if vs)
+    return (f"This sweep runs {len(wide) - len(missing)} of the {len(wide)} points of `{full}`; "
+            f"{len(missing)} are left out" + (f", among them every point with {left}." if left else "."))
+
+
 def validation_table(results: pd.DataFrame, labels: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Per sweep point (run label -> its settings): validation NDCG per domain and their mean, averaged over the
     seeds present, with the number of seeds; rows in the order of `labels`, missing points dropped."""
