@@ -28,7 +28,7 @@
 #      MICRec with InfoNCE, and INMO with the full W, in one grid call so that both cores stay busy to its end;
 #   2. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
 #      trains the other seeds of the point validation selects);
-#   3. seeds 1..SEEDS-1 of stage 1;
+#   3. seeds 1..SEEDS-1 of stage 1 and of the sweep point chapter 6 selects on validation (`micrec select`);
 #   4. Table 2's other baselines, SEEDS seeds (seed 0 of most of them was trained first, before this order);
 #   5. IDCF (whose relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over
 #      every user x item pair), seed by seed: together they cost about as much as the other nine baselines.
@@ -100,7 +100,17 @@ stages() {
     # shellcheck disable=SC2086
     grid --variants micrec $sweep --seeds 1 || return
   done
-  grid --variants "$SCALE" --seeds "$SEEDS" || return
+  selected=$("$PY" -m micrec_core.cli select --dataset "$DATA" --runs "$RUNS" --sweep "$SWEEP_CHAPTER" 2>/dev/null \
+    | tail -n 1) || selected=""
+  if [ -z "$selected" ]; then
+    [ "$PLAN" = 1 ] || { say "micrec select failed though the sweep ran: see its error"; return 1; }
+    say "plan: the sweep's validation-selected point: not yet (its runs are not all finished)"
+  else
+    say "the sweep's validation-selected point (micrec select): $selected"
+  fi
+  variants=$SCALE
+  [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE,$selected"
+  grid --variants "$variants" --seeds "$SEEDS" || return
   grid --variants "$BASELINES" --seeds "$SEEDS" || return
   for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
     grid --variants "$SLOW" --seeds "$seeds" || return

@@ -13,25 +13,16 @@ data sha256, as it would here.
 from __future__ import annotations
 
 import argparse
-import json
 import tarfile
 from pathlib import Path
 
 from micrec_core.data.atomic import atomic_path
-from micrec_core.runs.grid import why_stopped
-
-
-def finished(folder: Path) -> bool:
-    """Whether a run folder holds a result that no later call would change."""
-    if (folder / "failed.json").is_file():
-        return True
-    metrics = folder / "metrics.json"
-    return metrics.is_file() and why_stopped(json.loads(metrics.read_text())) != "time budget"
+from micrec_core.runs.grid import settled
 
 
 def finished_folders(runs: Path) -> list[Path]:
     """Every finished run folder under `runs` (`<dataset>/<label>/seed<k>/`), sorted."""
-    return sorted(f for f in runs.glob("*/*/seed*") if f.is_dir() and finished(f))
+    return sorted(f for f in runs.glob("*/*/seed*") if f.is_dir() and settled(f))
 
 
 def pack(runs: Path, out: Path) -> list[Path]:

@@ -1,5 +1,5 @@
-"""The `micrec` command line: `data download`, `data build`, `data synth`, `features`, `train`, `grid` and
-`reproduce` (each with --help)."""
+"""The `micrec` command line: `data download`, `data build`, `data synth`, `features`, `train`, `grid`, `select`
+and `reproduce` (each with --help)."""
 
 from __future__ import annotations
 
@@ -183,6 +183,19 @@ def cmd_grid(args: argparse.Namespace) -> None:
             f"- {folder}: {reason}" for folder, reason in diverged.items()))
 
 
+def cmd_select(args: argparse.Namespace) -> None:
+    """micrec select."""
+    from micrec_core.runs.chapters import sweep_selection
+    from micrec_core.runs.sweep import sweep_points
+
+    table, diverged, chosen = sweep_selection(Path(args.dataset), Path(args.runs), sweep_points(args.sweep),
+                                              list(range(args.seeds)))
+    print(table.to_string())
+    for label, reason in diverged.items():
+        print(f"diverged, not selectable: {label}: {reason}")
+    print(chosen)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
     from micrec_core.runs.reproduce import reproduce, summary_lines
@@ -312,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--plan", action="store_true", help="train nothing: list each asked run, the folder that "
                       "stands for it and its state (finished, diverged, resume, new, refused)")
     grid.set_defaults(func=cmd_grid)
+
+    choose = command(commands, "select", "chapter 6's choice among a sweep's finished runs: the point with the "
+                     "best mean validation NDCG (test data unread); prints the validation table, then the chosen run "
+                     "label alone on the last line (a grid variant: micrec grid --variants LABEL)")
+    choose.add_argument("--dataset", required=True, help="built dataset folder")
+    choose.add_argument("--runs", default="runs", help="run folders: RUNS/<dataset>/<variant>/seed<k>/")
+    choose.add_argument("--sweep", required=True, help="chapter 6's sweep: ';'-separated groups, each of "
+                        "space-separated KEY=V1,V2 settings (its points' runs must all be finished)")
+    choose.add_argument("--seeds", type=int, default=1, help="sweep seeds 0..N-1, averaged per point")
+    choose.set_defaults(func=cmd_select)
 
     rerun = command(commands, "reproduce", "execute the book's notebooks for one pair with papermill")
     rerun.add_argument("--raw", default=None, help="raw release folder (default: the synthetic dataset)")

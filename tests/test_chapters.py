@@ -9,8 +9,9 @@ import pytest
 
 from micrec_core.evaluation.compare import mean_std
 from micrec_core.models.registry import REGISTRY, TABLE2, table2_models
-from micrec_core.runs.chapters import caption, growth_exponent, largest_within, train_grid, wide
-from micrec_core.runs.grid import collect
+from micrec_core.runs.chapters import caption, growth_exponent, largest_within, sweep_selection, train_grid, wide
+from micrec_core.runs.grid import collect, run_grid
+from micrec_core.runs.sweep import sweep_points
 
 
 def test_train_grid_says_what_it_reused(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,3 +78,27 @@ def test_a_twin_s_run_is_shown_once_per_row_and_counted_once(text_only_dataset: 
     _, stopped = provenance(run_info, "test data", [0], 5, 1)
     assert stopped.startswith("1 of 1 runs stopped NOT at early stop")  # one run, shown in two rows
     assert "same_as" in capsys.readouterr().out
+
+
+def test_sweep_selection_waits_for_every_point_then_picks_the_best_validation_score(
+        text_only_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from micrec_core.cli import main
+
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    sweep = "gamma_cl=1,0.01; gamma_cl=1 cl_loss=paper,infonce"
+    points = sweep_points(sweep)
+    run_grid(text_only_dataset, ["micrec"], [0], tmp_path, settings=points[:2], **small)
+    with pytest.raises(ValueError, match="1 of the sweep's 3 runs are not finished"):  # micrec-infonce: no run yet
+        sweep_selection(text_only_dataset, tmp_path, points, [0])
+    run_grid(text_only_dataset, ["micrec"], [0], tmp_path, settings=points[2:], deadline=time.time(), **small)
+    with pytest.raises(ValueError, match="not finished"):  # stopped by a time budget: it would change
+        sweep_selection(text_only_dataset, tmp_path, points, [0])
+    run_grid(text_only_dataset, ["micrec"], [0], tmp_path, settings=points[2:], **small)
+    table, diverged, chosen = sweep_selection(text_only_dataset, tmp_path, points, [0])
+    assert list(table.index) == ["micrec", "micrec+gamma_cl=0.01", "micrec-infonce"] and not diverged
+    assert table.loc[chosen, "mean"] == table["mean"].max()
+    capsys.readouterr()
+    assert main(["select", "--dataset", str(text_only_dataset), "--runs", str(tmp_path), "--sweep", sweep]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == chosen

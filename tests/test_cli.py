@@ -39,5 +39,5 @@ def test_description_names_every_subcommand() -> None:
     parser = build_parser()
     names = [name.removeprefix("micrec ") for name, sub in _parsers(parser) if sub is not parser
              and not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)]
-    assert len(names) == 7
+    assert len(names) == 8
     assert all(f"`{name}`" in parser.description for name in names), (names, parser.description)

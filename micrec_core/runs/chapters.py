@@ -16,12 +16,18 @@ from IPython.display import display
 from micrec_core.config import Config
 from micrec_core.evaluation.metrics import GROUPS
 from micrec_core.runs.grid import (
+    collect,
+    failures,
     provenance_line,
     provenance_table,
+    run_dir,
     run_grid,
+    settled,
     stopping_statement,
+    variant_label,
     variant_model,
 )
+from micrec_core.runs.sweep import select, validation_table
 
 
 def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
@@ -46,6 +52,27 @@ def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], run
     for (v, k), folder in folders.items():
         print(f"{v:>14} seed {k}: {'reused' if before.get(folder) == after.get(folder) else 'trained now'} -> {folder}")
     return folders
+
+
+def sweep_selection(dataset: Path, runs: Path, points: list[dict[str, Any]], seeds: list[int],
+                    labels: Mapping[str, Mapping[str, Any]] | None = None,
+                    ) -> tuple[pd.DataFrame, dict[str, str], str]:
+    """Chapter 6's choice of a MICRec configuration, on validation only: the sweep's `validation_table` over
+    `seeds` (rows labelled by `labels`, run label -> settings shown; default the points themselves), its points whose
+    runs diverged (label -> reason), and the label `select` picks among the others. Every point needs a result per
+    seed that no later training changes: a missing run or one a time budget stopped is an error, not a smaller
+    sweep."""
+    folders = list(dict.fromkeys(run_dir(Path(runs), dataset, "micrec", seed, point) for point in points
+                                 for seed in seeds))  # two points may name one run (gamma_cl=1 and micrec)
+    unfinished = [folder for folder in folders if not settled(folder)]
+    if unfinished:
+        raise ValueError(f"{len(unfinished)} of the sweep's {len(folders)} runs are not finished (the first: "
+                         f"{unfinished[0]}): a selection now would see part of the sweep")
+    diverged = {folder.parent.name: reason for folder, reason in failures(folders).items()}
+    labels = labels if labels is not None else {variant_label("micrec", point): point for point in points}
+    results = collect(Path(runs), dataset)
+    table = validation_table(results[results["seed"].isin(seeds)], labels)
+    return table, diverged, select(table.drop(index=[label for label in diverged if label in table.index]))
 
 
 PAPER_MAX_EPOCHS = 1000  # the paper: up to 1000 epochs, early stopping

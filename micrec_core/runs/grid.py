@@ -420,6 +420,13 @@ def trained_by(provenance: dict[str, Any]) -> str | None:
     return "+".join(segment["git_commit"] or "unknown" for segment in segments)
 
 
+def settled(folder: Path) -> bool:
+    """Whether a run folder holds a result that no later call changes: it diverged (failed.json), or its
+    metrics.json says it stopped otherwise than by a time budget."""
+    metrics = folder / "metrics.json"
+    return (folder / FAILED_FILE).is_file() or (metrics.is_file() and why_stopped(read_json(metrics)) != "time budget")
+
+
 def why_stopped(metrics: dict[str, Any]) -> str:
     """Why a run in metrics.json stopped: 'early stop', 'max_epochs' or 'time budget' (files of any version)."""
     config = metrics["config"]
