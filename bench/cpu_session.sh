@@ -54,15 +54,13 @@ DATA=${DATA:-data/processed/$NAME}
 RUNS=${RUNS:-runs/$NAME/runs}
 ACROSS_CODE=${ACROSS_CODE:-1}
 PLAN=${PLAN:-0}
-# Chapter 6's sweep, narrowed for 2 CPU cores from the 24 points Toys x Games ran (gamma 1..0.001 x reduction x
-# denominator; gamma x tau) to 8, 6 of them new: the scale axis the issue is about (gamma x reduction; the mean
-# reduction at gamma g weighs L_CL as the sum at about g x the batch size) and the denominator at the two largest
-# gammas. On Toys x Games every cut point (gamma 0.001, tau 0.2 or 0.5, InfoNCE below gamma 0.1) stopped at MICRec's best epoch (49) with
-# validation NDCG@20 within 0.002 of its own in each domain, below what its seeds differ by. SWEEP_CHAPTER is the same grid in the `sweep`
-# syntax of chapter 6 (`micrec reproduce --chapter sweep=...`), which says what it leaves out when also given
-# `--chapter full_sweep=<SWEEP_FULL>`, the grid Toys x Games ran.
-SWEEPS=("--set gamma_cl=1,0.1,0.01 --set loss_reduction=mean,sum"
-        "--set gamma_cl=1,0.1 --set cl_loss=paper,infonce")
+# Chapter 6's sweep, narrowed for 2 CPU cores from the 24 points Toys x Games ran (SWEEP_FULL: gamma 1..0.001 x
+# reduction x denominator; gamma x tau) to 8, 6 of them new: the scale axis the issue is about (gamma x reduction;
+# the mean reduction at gamma g weighs L_CL as the sum at about g x the batch size) and the denominator at the two
+# largest gammas. On Toys x Games every cut point (gamma 0.001, tau 0.2 or 0.5, InfoNCE below gamma 0.1) stopped at
+# MICRec's best epoch (49) with validation NDCG@20 within 0.002 of its own in each domain, below what its seeds
+# differ by. SWEEP_CHAPTER is in the `sweep` syntax of chapter 6 (`micrec reproduce --chapter sweep=...`, which says
+# what it leaves out when also given `--chapter full_sweep=<SWEEP_FULL>`); each of its groups is one grid call.
 SWEEP_CHAPTER="gamma_cl=1,0.1,0.01 loss_reduction=mean,sum; gamma_cl=1,0.1 cl_loss=paper,infonce"
 SWEEP_FULL="gamma_cl=1,0.1,0.01,0.001 loss_reduction=mean,sum cl_loss=paper,infonce; gamma_cl=1,0.1,0.01,0.001 tau=0.2,0.5"
 START=$(date +%s)
@@ -96,17 +94,19 @@ BASELINES=lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl
 SLOW=idcf,neumf
 stages() {
   grid --variants "$SCALE" --seeds 1 || return
-  for sweep in "${SWEEPS[@]}"; do
+  IFS=';' read -ra groups <<< "$SWEEP_CHAPTER"
+  for group in "${groups[@]}"; do
     # shellcheck disable=SC2086
-    grid --variants micrec $sweep --seeds 1 || return
+    grid --variants micrec $(printf -- '--set %s ' $group) --seeds 1 || return
   done
-  selected=$("$PY" -m micrec_core.cli select --dataset "$DATA" --runs "$RUNS" --sweep "$SWEEP_CHAPTER" 2>/dev/null \
-    | tail -n 1) || selected=""
-  if [ -z "$selected" ]; then
-    [ "$PLAN" = 1 ] || { say "micrec select failed though the sweep ran: see its error"; return 1; }
-    say "plan: the sweep's validation-selected point: not yet (its runs are not all finished)"
-  else
+  selected=""
+  if chosen=$("$PY" -m micrec_core.cli select --dataset "$DATA" --runs "$RUNS" --sweep "$SWEEP_CHAPTER" 2>&1); then
+    selected=$(tail -n 1 <<< "$chosen")
     say "the sweep's validation-selected point (micrec select): $selected"
+  elif [ "$PLAN" = 1 ]; then
+    say "plan: the sweep's validation-selected point: not yet ($(tail -n 1 <<< "$chosen"))"
+  else
+    say "no selection though the sweep ran: $(tail -n 1 <<< "$chosen")"; return 1
   fi
   variants=$SCALE
   [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE,$selected"

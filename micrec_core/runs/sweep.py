@@ -93,15 +93,16 @@ def narrowing(sweep: str | None, full: str) -> str:
     """A sentence on what a chapter's `sweep` leaves out of a fuller grid (both in `sweep_points` syntax): how many
     of the full grid's points it runs, and each setting value that no point it runs has. Points are compared as
     configurations: a setting a point leaves out has `Config`'s default."""
+    asked, fuller = sweep_points(sweep), sweep_points(full)
     defaults = Config()
-    keys = {key for p in [*sweep_points(sweep), *sweep_points(full)] for key in p}
-    ran, wide = ([{key: p.get(key, getattr(defaults, key)) for key in sorted(keys)} for p in sweep_points(text)]
-                 for text in (sweep, full))
+    keys = sorted({key for p in [*asked, *fuller] for key in p})
+    ran, wide = ([{key: p.get(key, getattr(defaults, key)) for key in keys} for p in points]
+                 for points in (asked, fuller))
     missing = [p for p in wide if p not in ran]
     if not missing:
         return f"This sweep runs every point of `{full}` ({len(wide)} points)."
     values: dict[str, list[Any]] = {}
-    for point in sweep_points(full):
+    for point in fuller:
         for key, value in point.items():
             if value not in values.setdefault(key, []):
                 values[key].append(value)
