@@ -16,6 +16,7 @@ from micrec_core.evaluation import inference, metrics
 from micrec_core.evaluation.inference import evaluate_test, inference_scores
 from micrec_core.models.registry import REGISTRY, model_class
 from micrec_core.models.setup import setup
+from micrec_core.runs.sweep import param_types
 from micrec_core.training.train import CHECKPOINT, domain_alphas, train, validate
 from tests.conftest import random_features
 from tests.test_training import _perturbed, _perturbed_unseen_features
@@ -58,6 +59,37 @@ def test_no_test_interaction_or_unseen_entity_shapes_a_trained_parameter(tiny_pa
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+
+
+# A value other than the default for each parameter some model declares inference-only.
+OTHER_VALUE = {"unseen_init": "random"}
+INFERENCE_ONLY = [(name, key) for name in NAMES for key in sorted(model_class(name).inference_only)]
+
+
+def test_every_inference_only_parameter_is_a_parameter_with_another_value_to_try() -> None:
+    assert INFERENCE_ONLY and {name for name, _ in INFERENCE_ONLY} == {"ngcf", "sgl", "xsimgcl"}
+    for name, key in INFERENCE_ONLY:
+        assert key in param_types(name) and key in OTHER_VALUE, (name, key)
+        assert OTHER_VALUE[key] != model_class(name).resolve_params({})[key]
+
+
+@pytest.mark.parametrize(("name", "key"), INFERENCE_ONLY)
+def test_an_inference_only_parameter_changes_what_training_produces_nowhere(tiny_pair: PairData, name: str,
+                                                                           key: str) -> None:
+    """Training never reads it (for unseen_init: never meets an unseen user's or item's row), so both values train
+    exactly the same parameters and differ only in what the model scores after E_new (`experiment.reevaluate`)."""
+    runs = []
+    for params in ({}, {key: OTHER_VALUE[key]}):
+        s = setup(tiny_pair, tiny(name, params=params))
+        state = train(s)
+        runs.append((s, state, inference_scores(s, domain_alphas(s, state))))
+    (a, state_a, scores_a), (b, state_b, scores_b) = runs
+    assert state_a.history == state_b.history and state_a.best_epoch == state_b.best_epoch
+    trained_a, trained_b = a.model.state_dict(), b.model.state_dict()
+    assert trained_a.keys() == trained_b.keys()
+    for k in trained_a:
+        torch.testing.assert_close(trained_a[k], trained_b[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.allclose(x, y) for x, y in zip(scores_a, scores_b, strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -74,6 +74,52 @@ def test_a_sweep_point_equal_to_the_variant_is_the_variant_s_own_run() -> None:
     assert variant_label("no-cd", {"cl_loss": "infonce"}) == "no-cd+cl_loss=infonce"
 
 
+def test_a_run_label_can_set_a_model_s_own_parameter(tiny_dataset: Path, tmp_path: Path) -> None:
+    from micrec_core.runs.grid import parse_variant
+
+    assert parse_variant("sgl+unseen_init=random") == ("sgl", {"params": {"unseen_init": "random"}})
+    assert parse_variant("xsimgcl+lr=0.01+eps=0.2") == ("xsimgcl", {"lr": 0.01, "params": {"eps": 0.2}})
+    assert variant_label("sgl", {"params": {"unseen_init": "random"}, "lr": 0.01}) == "sgl+lr=0.01+unseen_init=random"
+    assert variant_label("sgl", {"params": {"unseen_init": "mean"}}) == "sgl"  # its default: SGL's own run
+    for bad, message in (("sgl+unseen_init=zeros", "variant 'sgl\\+unseen_init=zeros': --param unseen_init must be"),
+                         ("inmo+unseen_init=random", "nor a parameter of inmo's own \\(it has none\\)"),
+                         ("alpharec+tau=0.2", "both a setting and a parameter of alpharec")):
+        with pytest.raises(ValueError, match=message):
+            parse_variant(bad)
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    [trained] = run_grid(tiny_dataset, ["sgl+unseen_init=random"], [0], tmp_path / "alone", **small)
+    assert trained.relative_to(tmp_path / "alone").as_posix() == "built/sgl+unseen_init=random/seed0"
+    alone = json.loads((trained / "metrics.json").read_text())
+    assert alone["config"]["params"]["unseen_init"] == "random" and alone["config"]["params"]["ssl_reg"] == 0.1
+    assert "training_of" not in alone["provenance"]  # no finished SGL run to take the trained model from
+
+
+def test_a_run_differing_only_in_an_inference_only_parameter_reuses_its_twin_s_trained_model(
+        tiny_dataset: Path, tmp_path: Path) -> None:
+    from micrec_core.config import Config
+    from micrec_core.runs.experiment import reevaluate
+
+    small = {"dim": 8, "max_epochs": 2, "batches_per_epoch": 2, "device": "cpu"}
+    [alone] = run_grid(tiny_dataset, ["sgl+unseen_init=random"], [0], tmp_path / "alone", **small)
+    [base] = run_grid(tiny_dataset, ["sgl"], [0], tmp_path, **small)
+    stamp = (base / "metrics.json").stat().st_mtime_ns
+    [folder] = run_grid(tiny_dataset, ["sgl+unseen_init=random"], [0], tmp_path, **small)
+    assert folder.parent.name == "sgl+unseen_init=random" and (folder / "model.pt").is_file()
+    assert (base / "metrics.json").stat().st_mtime_ns == stamp
+    twin, plain, trained = (json.loads((f / "metrics.json").read_text()) for f in (folder, base, alone))
+    assert twin["provenance"]["training_of"]["run"] == "sgl/seed0"
+    assert twin["provenance"]["training_of"]["changed"] == ["unseen_init"]
+    assert twin["config"]["params"]["unseen_init"] == "random" and twin["history"] == plain["history"]
+    assert twin["test"] != plain["test"]  # the reading changes the scores ...
+    assert twin["test"] == trained["test"] and twin["history"] == trained["history"]  # ... as training it would
+    [again] = run_grid(tiny_dataset, ["sgl+unseen_init=random"], [0], tmp_path, **small)
+    assert again == folder and json.loads((folder / "metrics.json").read_text()) == twin  # finished now: reused
+    other = Config(model="sgl", dataset=str(tiny_dataset), seed=0, lr=0.01, params={"unseen_init": "random"},
+                   **small)
+    with pytest.raises(ValueError, match="not .*training twin"):
+        reevaluate(base, other, tmp_path / "other")
+
+
 def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:
     from micrec_core.runs.sweep import sweep_points
 

@@ -127,6 +127,7 @@ class NGCF(Recommender):
 
     terms = ("bpr/0", "bpr/1", "l2")
     Params = Params
+    inference_only = frozenset({"unseen_init"})  # training never meets an unseen row
 
     def __init__(self, pair: PairData, config: Config, device: torch.device, features: list[Any] | None = None) -> None:
         super().__init__(pair, config, device)

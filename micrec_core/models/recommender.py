@@ -25,7 +25,10 @@ by the two domains elsewhere) and whatever it precomputes from the training data
 `shared_parameters` says whether the two domains share trained parameters (embeddings, modules) outside
 `self.domains`, which then must keep one best epoch for both (`Config.best_epoch` defaults to "joint"). `union`
 says whether `micrec_core.training.batched` can train several runs of it as one model on a GPU; a model that does not
-opt in trains on the plain path.
+opt in trains on the plain path. `inference_only` names the model's own parameters (`Params`) that training never
+reads, only inference (how an unseen user or item is met): a run differing from a finished one only in those is that
+run's trained model evaluated again (`micrec_core.runs.experiment.reevaluate`; tests/test_registry.py trains both
+values and checks every parameter equal).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Recommender(nn.Module):
     union: ClassVar[bool] = False
     shared_parameters: ClassVar[bool] = False
     Params: ClassVar[type | None] = None
+    inference_only: ClassVar[frozenset[str]] = frozenset()
     domains: nn.ModuleList
 
     @classmethod

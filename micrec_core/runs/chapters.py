@@ -18,6 +18,7 @@ from micrec_core.evaluation.metrics import GROUPS
 from micrec_core.runs.grid import (
     collect,
     failures,
+    parse_variant,
     provenance_line,
     provenance_table,
     run_dir,
@@ -125,12 +126,17 @@ def provenance(run_info: pd.DataFrame, data_label: str, seeds: list[int], min_co
 
 def check_runs(folders: Mapping[tuple[str, int], Path], results: pd.DataFrame, domains: list[str], data_hash: str,
                max_epochs: int) -> None:
-    """Every (variant, seed) asked for has a finished run of that variant on this data with this max_epochs, test
-    and most-popular metrics for every domain, group and N; every metric is in [0, 1], none missing for "all"."""
+    """Every (variant, seed) asked for has a finished run of that variant (with its run label's settings) on this
+    data with this max_epochs, test and most-popular metrics for every domain, group and N; every metric is in
+    [0, 1], none missing for "all"."""
     expected = {f"{name}@{n}" for name in ("precision", "recall", "ndcg") for n in Config().eval_ns} | {"users"}
     for (v, k), folder in folders.items():
         saved = json.loads((folder / "metrics.json").read_text())
-        assert (saved["config"]["model"], saved["config"]["ablation"]) == variant_model(folder.parent.name), v
+        name, own = parse_variant(folder.parent.name)
+        assert (saved["config"]["model"], saved["config"]["ablation"]) == variant_model(name), v
+        settings = {key: value for key, value in own.items() if key != "params"}
+        assert all(saved["config"][key] == value for key, value in settings.items()), v
+        assert all(saved["config"]["params"][key] == value for key, value in own.get("params", {}).items()), v
         assert saved["config"]["seed"] == k and saved["config"]["max_epochs"] == max_epochs, (v, k)
         assert saved["provenance"]["dataset_sha256"] == data_hash, (v, k)
         for source in ("test", "most_popular"):

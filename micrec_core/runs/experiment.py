@@ -19,6 +19,7 @@ from micrec_core.config import Config
 from micrec_core.data.atomic import atomic_path, write_json
 from micrec_core.data.dataset import code_version, dataset_sha256, load_pair
 from micrec_core.evaluation.inference import evaluate_test, most_popular
+from micrec_core.models.registry import model_class
 from micrec_core.models.setup import Setup, setup
 from micrec_core.training.batched import train_together
 from micrec_core.training.provenance import code_sha256
@@ -237,6 +238,50 @@ def _write_results(
     }
     with atomic_path(out / MODEL_FILE) as tmp:
         torch.save({"config": portable(config), "model": s.model.state_dict(), "alphas": alphas}, tmp)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def training_twin(config: Config, trained: dict[str, Any]) -> list[str] | None:
+    """The parameters in which `config` differs from a finished run's config (`trained`, its metrics.json) when it
+    differs only in parameters its model reads at inference alone (`Recommender.inference_only`), so that the run's
+    trained model is `config`'s too; None when anything else differs, or nothing does."""
+    if config_differences(trained["config"], config) != ["params"]:
+        return None
+    saved = Config.from_dict(trained["config"]).params
+    changed = sorted(k for k, v in config.params.items() if saved.get(k) != v)
+    return changed if set(changed) <= model_class(config.model).inference_only else None
+
+
+def reevaluate(base: Path, config: Config, out: Path) -> dict[str, Any]:
+    """The run of `config` from the finished run in `base`, which differs from it only in inference-only parameters
+    (`training_twin`): training never reads those, so base's trained model is this run's; it is loaded, evaluated on
+    E_test under `config`, and written to OUT (model.pt, and metrics.json with base's training record, this config
+    and test, and `provenance.training_of` naming base and the code that trained it)."""
+    base, out = Path(base), Path(out)
+    trained = read_json(base / "metrics.json")
+    changed = training_twin(config, trained)
+    if changed is None:
+        raise ValueError(f"{base} is not {out}'s training twin: their configs differ beyond inference-only parameters")
+    pair = load_pair(Path(config.dataset))
+    data_hash = dataset_sha256(pair.path)
+    if trained["provenance"]["dataset_sha256"] != data_hash:
+        raise ValueError(f"{base}: trained on data with sha256 {trained['provenance']['dataset_sha256'][:12]}, not "
+                         f"{data_hash[:12]}")
+    check_folder(out, config, data_hash, resume=False)
+    payload = torch.load(base / MODEL_FILE, map_location="cpu", weights_only=True)
+    s = setup(pair, config)
+    s.model.load_state_dict(payload["model"])
+    write_json(out / "config.json", portable(config))
+    origin = {"run": f"{base.parent.name}/{base.name}", "changed": changed, "provenance": trained["provenance"]}
+    metrics = trained | {
+        "config": portable(config),
+        "provenance": provenance(pair.path, s.device, code_version()["git_commit"]) | {"training_of": origin},
+        "test": evaluate_test(s, payload["alphas"]),
+        "model_notes": s.model.notes(),
+    }
+    with atomic_path(out / MODEL_FILE) as tmp:
+        torch.save({"config": portable(config), "model": payload["model"], "alphas": payload["alphas"]}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics
 

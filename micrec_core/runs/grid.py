@@ -5,8 +5,11 @@ label is the variant, followed by `+key=value` for each setting the run was aske
 (`variant_label`: e.g. `micrec+gamma_cl=0.1+loss_reduction=mean`), so a sweep's runs never share a folder. A run
 whose metrics.json already holds the requested config on the same data is reused; a killed run, or one stopped by
 a time budget, resumes from its checkpoint; a folder holding a run of another configuration is never overwritten
-unless asked (`force`). A run that diverged (failed.json) is final too: the same config diverges again. Notebooks
-read results through `collect`, so the book never retrains what a GPU session produced.
+unless asked (`force`). A run that diverged (failed.json) is final too: the same config diverges again. A new run
+that differs from a finished one only in parameters its model reads at inference alone (`sgl+unseen_init=random`
+beside `sgl`: `Recommender.inference_only`) is not trained: the finished run's model is evaluated again
+(`experiment.reevaluate`). Notebooks read results through `collect`, so the book never retrains what a GPU session
+produced.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from micrec_core.runs.experiment import (
     MODEL_FILE,
     check_folder,
     read_json,
+    reevaluate,
     run_experiment,
     run_together,
     same_config,
+    training_twin,
 )
-from micrec_core.runs.sweep import parse_value
+from micrec_core.runs.sweep import field_types, param_types, parse_value
 from micrec_core.training.batched import union_key
 from micrec_core.training.train import CHECKPOINT, TrainingDiverged, stop_reason
 
@@ -72,16 +77,32 @@ def variant_model(variant: str) -> tuple[str, str | None]:
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """A variant as the grid is asked for it: a name, or a run label with settings (`variant_label`'s format, e.g.
-    inmo+se_weight=full), each value typed like its Config field."""
+    inmo+se_weight=full or sgl+unseen_init=random), each value typed like its Config field or, for a hyperparameter
+    of the model's own (its module's `Params`), like that field, gathered under "params"."""
     name, *pairs = text.split("+")
-    variant_model(name)
-    settings: dict[str, Any] = {}
+    model, _ = variant_model(name)
+    settings, params = field_types(), param_types(model)
+    own: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key in settings:
+        if not sep or key in own or key in given:
             raise ValueError(f"variant {text!r}: expected name+key=value[+key=value...], each key once")
-        settings[key] = parse_value(key, value)
-    return name, settings
+        if key in settings and key in params:
+            raise ValueError(f"variant {text!r}: {key!r} is both a setting and a parameter of {model}'s own; set "
+                             "the parameter with `micrec train --param`")
+        if key in params:
+            given[key] = parse_value(key, value, params)
+        elif key in settings:
+            own[key] = parse_value(key, value)
+        else:
+            raise ValueError(f"variant {text!r}: {key!r} is neither a setting ({', '.join(sorted(settings))}) nor a "
+                             f"parameter of {model}'s own ({', '.join(sorted(params)) or 'it has none'})")
+    try:
+        model_class(model).resolve_params(given)  # a value outside its domain is refused here, naming it
+    except ValueError as err:
+        raise ValueError(f"variant {text!r}: {err}") from err
+    return name, own | ({"params": given} if given else {})
 
 
 def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> Config:
@@ -92,13 +113,18 @@ def variant_config(variant: str, dataset: Path, seed: int, **overrides: Any) -> 
 
 
 def variant_label(variant: str, settings: Mapping[str, Any] | None = None) -> str:
-    """The folder name of a variant run with `settings`: the variant, then `+key=value` for each setting that
-    differs from the variant's own value, sorted (so a sweep point equal to the variant is the variant's run); a
-    point whose configuration is exactly another named variant's (micrec with cl_loss=infonce) is that variant's."""
+    """The folder name of a variant run with `settings`: the variant, then `+key=value` for each setting (and each
+    model parameter under "params") that differs from the variant's own value, sorted (so a sweep point equal to the
+    variant is the variant's run); a point whose configuration is exactly another named variant's (micrec with
+    cl_loss=infonce) is that variant's."""
+    settings = dict(settings or {})
     own = variant_config(variant, Path("."), 0).to_dict()
-    changed = sorted((k, v) for k, v in (settings or {}).items() if k not in own or own[k] != v)
+    params = settings.pop("params", {})
+    changed = sorted([(k, v) for k, v in settings.items() if k not in own or own[k] != v]
+                     + [(k, v) for k, v in params.items() if own["params"].get(k) != v])
+    asked = own | settings | {"params": own["params"] | params}
     for name in VARIANT_SETTINGS:
-        if changed and name != variant and variant_config(name, Path("."), 0).to_dict() == own | dict(changed):
+        if changed and name != variant and variant_config(name, Path("."), 0).to_dict() == asked:
             return name
     return "".join([variant, *(f"+{k}={v}" for k, v in changed)])
 
@@ -212,6 +238,7 @@ class _Plan:
 
     folders: list[Path] = field(default_factory=list)
     cells: dict[Any, tuple[list[Config], list[Path]]] = field(default_factory=dict)
+    evaluations: dict[Path, tuple[Config, Path]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -237,14 +264,19 @@ def _plan(
                 raise ValueError(f"variant {asked!r} and a --set point both set {', '.join(clash)}")
             setting = own | dict(point)
             for seed in seeds:
-                config = variant_config(variant, dataset, seed, **(overrides | setting))
+                config = variant_config(variant, dataset, seed, **_merged(overrides, setting))
                 folder = run_dir(runs, dataset, variant, seed, setting)
                 plan.folders.append(folder)
                 if folder not in states:
                     states[folder], problem = _state(folder, config, data_hash, need_model, force, across_code)
                     if problem is not None:
                         plan.problems.append(problem)
-                    if states[folder] in ("new", "resume"):
+                    twin_folder = (_training_twin(runs, dataset, variant, seed, setting, config, data_hash)
+                                   if states[folder] == "new" else None)
+                    if twin_folder is not None:
+                        states[folder] = f"evaluate ({twin_folder.parent.name}'s model)"
+                        plan.evaluations[folder] = (config, twin_folder)
+                    elif states[folder] in ("new", "resume"):
                         union = together and model_class(config.model).union
                         key = union_key(config) if union else (variant_label(variant, setting), seed)
                         plan.cells.setdefault(key, ([], []))
@@ -253,6 +285,30 @@ def _plan(
                 plan.rows.append({"asked": variant_label(name, setting), "seed": seed,
                                   "run": folder.parent.name, "state": states[folder]})
     return plan
+
+
+def _training_twin(runs: Path, dataset: Path, variant: str, seed: int, setting: Mapping[str, Any], config: Config,
+                   data_hash: str) -> Path | None:
+    """The finished run (model.pt there) whose trained model is this new run's: the same variant and seed with the
+    run's inference-only parameters back at their defaults (`experiment.training_twin` checks the configs)."""
+    cls = model_class(config.model)
+    defaults = cls.resolve_params({})
+    own = setting.get("params", {})
+    kept = {k: v for k, v in own.items() if k not in cls.inference_only or v == defaults[k]}
+    if kept == own:
+        return None
+    base = run_dir(runs, dataset, variant, seed, {**setting, "params": kept})
+    base_config = Config.from_dict(config.to_dict() | {"params": config.params | {
+        k: defaults[k] for k in set(own) - set(kept)}})
+    if (base / FAILED_FILE).is_file() or not _finished(base, base_config, data_hash, need_model=True):
+        return None
+    return base if training_twin(config, read_json(base / "metrics.json")) is not None else None
+
+
+def _merged(overrides: Mapping[str, Any], setting: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's overrides under a run's own setting, model parameters merged key by key."""
+    params = {**overrides.get("params", {}), **setting.get("params", {})}
+    return {**overrides, **setting} | ({"params": params} if params else {})
 
 
 def _state(folder: Path, config: Config, data_hash: str, need_model: bool, force: bool,
@@ -309,6 +365,8 @@ def run_grid(
     on the cluster at `ray_address`, else on a local Ray of jobs x threads CPUs started for this call); the run
     folders must then be on a filesystem every Ray worker sees at the same path.
     need_model: retrain a finished run whose model.pt is missing (for callers that load the model).
+    A new run whose training twin is finished with its model.pt (same variant, seed and config but for inference-only
+    parameters at their defaults: `_training_twin`) is that model evaluated again, before any cell trains.
     graph: replay each epoch's union steps from a CUDA graph (`batched.epoch_steps`, checked against the plain path
     by bench/check_fast_path.py --graph); None = wherever `together` is on and the device is CUDA.
     deadline: a `time.time()` after which every run still training stops at its epoch's end and is evaluated at
@@ -331,6 +389,12 @@ def run_grid(
         raise ValueError(f"CUDA graphs need a CUDA device, got {overrides.get('device', 'auto')}")
     found = _plan(dataset, variants, seeds, runs, settings, together, need_model, force, across_code, overrides)
     folders, cells, problems = found.folders, found.cells, found.problems
+    for folder, (config, base) in found.evaluations.items():
+        try:
+            reevaluate(base, config, folder)
+            log.info("%s: %s's trained model, evaluated again", folder, base)
+        except Exception as err:  # as for a cell that raises below
+            problems.append(_cell_failure([folder], err))
     if executor == "ray":
         from micrec_core.runs.ray_executor import run_cells
 

@@ -18,15 +18,26 @@ from typing import Any
 import pandas as pd
 
 from micrec_core.config import Config
+from micrec_core.models.registry import model_class
 
-# Fields a sweep may not set: they name the run or the machine, not a setting of the method.
-NOT_SWEPT = {"model", "ablation", "dataset", "seed", "device", "eval_ns"}
+# Fields a sweep may not set: they name the run or the machine, not a setting of the method (a model's own
+# hyperparameters, Config.params, are set one by one: `param_types`).
+NOT_SWEPT = {"model", "ablation", "dataset", "seed", "device", "eval_ns", "params"}
 
 
 def field_types() -> dict[str, str]:
     """Each sweepable Config field's type, as written in its annotation ("float", "float | None", ...)."""
     hints = typing.get_type_hints(Config)
     return {f.name: _type_name(hints[f.name]) for f in fields(Config) if f.name not in NOT_SWEPT}
+
+
+def param_types(model: str) -> dict[str, str]:
+    """Each of a model's own hyperparameters (its module's `Params`) with its type, as `field_types` gives them."""
+    params = model_class(model).Params
+    if params is None:
+        return {}
+    hints = typing.get_type_hints(params)
+    return {f.name: _type_name(hints[f.name]) for f in fields(params)}
 
 
 def _type_name(hint: Any) -> str:
@@ -36,9 +47,10 @@ def _type_name(hint: Any) -> str:
     return args[0].__name__ + (" | None" if optional else "")
 
 
-def parse_value(name: str, text: str) -> Any:
-    """One value of field `name` from its command-line text; an error names the field and the value."""
-    types = field_types()
+def parse_value(name: str, text: str, types: dict[str, str] | None = None) -> Any:
+    """One value of field `name` from its command-line text, typed as in `types` (default: the sweepable Config
+    fields); an error names the field and the value."""
+    types = field_types() if types is None else types
     if name not in types:
         raise ValueError(f"--set: {name!r} is not a setting that can be swept; choose from {', '.join(sorted(types))}")
     kind = types[name]
