@@ -22,6 +22,10 @@ def test_train_grid_says_what_it_reused(tiny_dataset: Path, tmp_path: Path, caps
     train_grid(tiny_dataset, ["inmo"], [0, 1], tmp_path, **small)
     out = capsys.readouterr().out
     assert out.count("reused") == 2 and "trained now" not in out
+    train_grid(tiny_dataset, ["sgl"], [0], tmp_path, **small)
+    capsys.readouterr()
+    train_grid(tiny_dataset, ["sgl+unseen_init=random"], [0], tmp_path, **small)
+    assert "evaluated now (its training twin's model)" in capsys.readouterr().out
 
 
 def test_wide_is_the_paper_s_layout(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -33,8 +33,9 @@ from micrec_core.runs.sweep import select, validation_table
 
 def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], runs: Path,
                **options: Any) -> dict[tuple[str, int], Path]:
-    """`grid.run_grid` for every (variant, seed), printing per run whether it was reused or trained now; a variant
-    whose run is another's on this dataset (`grid.twin`) gets the folder the grid trained for it, and says so."""
+    """`grid.run_grid` for every (variant, seed), printing per run whether it was reused, trained now or evaluated now
+    from its training twin's model (`experiment.reevaluate`); a variant whose run is another's on this dataset
+    (`grid.twin`) gets the folder the grid trained for it, and says so."""
     variants, seeds = list(variants), list(seeds)
 
     def stamps() -> dict[Path, float]:
@@ -51,7 +52,13 @@ def train_grid(dataset: Path, variants: Iterable[str], seeds: Iterable[int], run
         if k == seeds[0] and folder.parent.name != v:
             print(f"{v} is {folder.parent.name}'s run on this data, not trained on its own")
     for (v, k), folder in folders.items():
-        print(f"{v:>14} seed {k}: {'reused' if before.get(folder) == after.get(folder) else 'trained now'} -> {folder}")
+        if before.get(folder) == after.get(folder):
+            state = "reused"
+        elif "training_of" in json.loads((folder / "metrics.json").read_text())["provenance"]:
+            state = "evaluated now (its training twin's model)"
+        else:
+            state = "trained now"
+        print(f"{v:>14} seed {k}: {state} -> {folder}")
     return folders
 
 
