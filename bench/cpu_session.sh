@@ -7,9 +7,12 @@
 # (on 2026-12-03 a session found a fresh machine holding only what had landed, and 20 h of runs kept outside the
 # checkout gone): at the end of each session commit the finished runs' files (`git add $(python
 # bench/pack_finished.py --list RUNS)`); a budget-stopped run's checkpoint is not committed (.gitignore) and lives
-# only as long as its machine. Past the deadline every run of the
-# current grid call not yet finished still trains one epoch and is evaluated, so that each has metrics (the epoch is
-# kept in its checkpoint): runs stop MARGIN seconds (default 600) before BUDGET to leave time for that.
+# only as long as its machine. The machine may also outlive a session (on 2026-12-04 it had run on through the 4.6 h
+# between two sessions): a BUDGET reaching past the session's end then keeps training in between, and the next
+# session commits what finished (a run still training is resumed from its checkpoint if the grid is stopped). Past
+# the deadline every run of the current grid call not yet finished still trains one epoch and is evaluated, so that
+# each has metrics (the epoch is kept in its checkpoint): runs stop MARGIN seconds (default 600) before BUDGET to
+# leave time for that.
 #
 #   bash bench/cpu_session.sh                 # Beauty x Electronics, 2 jobs of 1 thread, BUDGET=4200 s
 #   PLAN=1 bash bench/cpu_session.sh          # train nothing: each stage's runs by state (`micrec grid --plan`)
