@@ -116,7 +116,7 @@ def test_a_run_differing_only_in_an_inference_only_parameter_reuses_its_twin_s_t
     assert again == folder and json.loads((folder / "metrics.json").read_text()) == twin  # finished now: reused
     other = Config(model="sgl", dataset=str(tiny_dataset), seed=0, lr=0.01, params={"unseen_init": "random"},
                    **small)
-    with pytest.raises(ValueError, match="not .*training twin"):
+    with pytest.raises(ValueError, match=r"not .*training twin"):
         reevaluate(base, other, tmp_path / "other")
 
 
