@@ -7,9 +7,11 @@
 # (on 2026-12-03 a session found a fresh machine holding only what had landed, and 20 h of runs kept outside the
 # checkout gone): at the end of each session commit the finished runs' files (`git add $(python
 # bench/pack_finished.py --list RUNS)`); a budget-stopped run's checkpoint is not committed (.gitignore) and lives
-# only as long as its machine. The machine may also outlive a session (on 2026-12-04 it had run on through the 4.6 h
-# between two sessions): a BUDGET reaching past the session's end then keeps training in between, and the next
-# session commits what finished (a run still training is resumed from its checkpoint if the grid is stopped). Past
+# only as long as its machine. The machine may also outlive a session, and its processes with it (on 2026-12-04 the
+# grid had run on through the 4.6 h between two sessions) or not (later that day the machine was kept but the grid was
+# stopped at the session's end, its runs' checkpoints intact): a BUDGET reaching past the session's end keeps training
+# in between where the processes survive, and the next session commits what finished and restarts the script, which
+# resumes each unfinished run from its checkpoint. Past
 # the deadline every run of the current grid call not yet finished still trains one epoch and is evaluated, so that
 # each has metrics (the epoch is kept in its checkpoint): runs stop MARGIN seconds (default 600) before BUDGET to
 # leave time for that.
@@ -31,7 +33,9 @@
 #      MICRec with InfoNCE, and INMO with the full W, in one grid call so that both cores stay busy to its end;
 #   2. chapter 6's sensitivity sweep, one seed per point (the groups the Toys x Games copy ran; the chapter itself then
 #      trains the other seeds of the point validation selects);
-#   3. seeds 1..SEEDS-1 of stage 1 and of the sweep point chapter 6 selects on validation (`micrec select`);
+#   3. seeds 1..SEEDS-1 of stage 1 and of the sweep point chapter 6 selects on validation (`micrec select`), MICRec,
+#      INMO and the selected point first (the comparison issue #13 reports per pair), then INMO with the full W and
+#      the ablations;
 #   4. Table 2's other baselines, SEEDS seeds (seed 0 of most of them was trained first, before this order);
 #   5. SGL and XSimGCL meeting unseen users and items with a random row (chapter 7's other reading,
 #      `sgl+unseen_init=random`): training never reads that parameter, so the grid evaluates each stage-4 run's
@@ -96,7 +100,9 @@ grid() {
     --threads 1 --max-epochs 1000 --stop-after "$left" --quiet $([ "$ACROSS_CODE" = 1 ] && echo --resume-across-code) "$@"
   say "exit $?"
 }
-SCALE=micrec,inmo,no-cd,no-mm,no-vis,no-txt,micrec-infonce,inmo+se_weight=full  # no-vis, no-txt: see grid.twin_of
+SCALE_HEAD=micrec,inmo
+SCALE_TAIL=inmo+se_weight=full,no-cd,no-mm,no-vis,no-txt,micrec-infonce  # no-vis, no-txt: see grid.twin_of
+SCALE=$SCALE_HEAD,$SCALE_TAIL
 BASELINES=lightgcn,unicdr,ppa,multvae,xsimgcl,imcgae,alpharec,ngcf,sgl
 SLOW=idcf,neumf
 INIT=sgl+unseen_init=random,xsimgcl+unseen_init=random
@@ -117,7 +123,7 @@ stages() {
     say "no selection though the sweep ran: $(tail -n 1 <<< "$chosen")"; return 1
   fi
   variants=$SCALE
-  [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE,$selected"
+  [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE_HEAD,$selected,$SCALE_TAIL"
   grid --variants "$variants" --seeds "$SEEDS" || return
   grid --variants "$BASELINES" --seeds "$SEEDS" || return
   grid --variants "$INIT" --seeds "$SEEDS" || return
