@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -365,3 +368,39 @@ def test_a_pair_without_two_overlapping_users_refuses_the_contrastive_loss(tiny_
     with pytest.raises(ValueError, match="share 1 seen user"):
         setup(lonely, quick(ablation="no-mm"))
     setup(lonely, quick(ablation="no-cd"), random_features(tiny_pair))  # without L_CL it trains
+
+
+_TRAIN_AND_PRINT = """
+import json, sys
+from pathlib import Path
+import micrec_core.training.train as train_module
+from micrec_core.config import Config
+from micrec_core.data.dataset import load_pair
+from micrec_core.models.setup import setup
+from micrec_core.training.memory import retain_freed_memory
+from micrec_core.training.train import domain_alphas, train
+from micrec_core.evaluation.inference import evaluate_test
+from tests.conftest import random_features
+if sys.argv[2] == "default":
+    train_module.retain_freed_memory = lambda: False
+pair = load_pair(Path(sys.argv[1]))
+config = Config(model="micrec", dim=16, max_epochs=3, batches_per_epoch=5, device="cpu", cl_users=16)
+s = setup(pair, config, random_features(pair))
+state = train(s)
+print(json.dumps({"retained": sys.argv[2] != "default" and retain_freed_memory(),
+                  "history": state.history, "test": evaluate_test(s, domain_alphas(s, state))}))
+"""
+
+
+def test_keeping_freed_memory_changes_no_result(tiny_dataset: Path) -> None:
+    """memory.retain_freed_memory changes how glibc hands out memory, never what is computed: a run in a process with
+    the default allocator and one with freed memory kept give equal histories and test metrics, bit for bit."""
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for mode in ("default", "retained"):
+        done = subprocess.run([sys.executable, "-c", _TRAIN_AND_PRINT, str(tiny_dataset), mode], cwd=root,
+                              capture_output=True, text=True, check=True)
+        out[mode] = json.loads(done.stdout.splitlines()[-1])
+    assert out["retained"]["retained"] is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert out["retained"]["history"] == out["default"]["history"]
+    assert out["retained"]["test"] == out["default"]["test"]

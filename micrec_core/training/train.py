@@ -34,6 +34,7 @@ from micrec_core.evaluation.metrics import Rows, block_users, ranking_metrics, s
 from micrec_core.models.micrec import alpha_at
 from micrec_core.models.recommender import Recommender
 from micrec_core.models.setup import Setup
+from micrec_core.training.memory import retain_freed_memory
 from micrec_core.training.provenance import code_sha256
 
 CHECKPOINT = "checkpoint.pt"
@@ -172,9 +173,12 @@ def start_run(
 
     A checkpoint is written after an epoch once `checkpoint_every` seconds have passed since the last one (0:
     every epoch), and after the last epoch; a resumed run repeats at most that much work, to the same result.
-    across_code: continue a checkpoint written by other code (`_load_checkpoint`).
+    across_code: continue a checkpoint written by other code (`_load_checkpoint`). On a CPU, the process keeps
+    the memory its steps free for reuse (`memory.retain_freed_memory`).
     """
     c = s.config
+    if s.device.type == "cpu":
+        retain_freed_memory()
     optimizer = torch.optim.Adam(s.model.parameters(), lr=c.lr, fused=True)
     generator = torch.Generator(device=s.device)
     generator.manual_seed(c.seed)
