@@ -19,9 +19,10 @@
 #   bash bench/cpu_session.sh                 # Beauty x Electronics, 2 jobs of 1 thread, BUDGET=4200 s
 #   PLAN=1 bash bench/cpu_session.sh          # train nothing: each stage's runs by state (`micrec grid --plan`)
 #   PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
+#   STAGES=scale bash bench/cpu_session.sh    # stages 1-3 only (issue #13's runs), e.g. for each pair before the rest
 #
-# It needs a clean checkout (every run records the commit that trained it) and builds the pair and its text
-# features first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
+# It needs a clean checkout (every run records the commit that trained it) and builds the pair, then its item
+# features, first when they are missing. To go on editing the code meanwhile, run it from a clone of the commit with
 # DATA and RUNS pointing back at this checkout (each run imports the code when it starts). RUNS defaults to
 # runs/<pair>/runs, where the chapters read them; to keep a checkout clean while the pair is unfinished, point RUNS
 # outside it and copy the folder in once every run is there. Code changes between calls are expected, so a run is
@@ -43,6 +44,11 @@
 #      otherwise;
 #   6. IDCF (whose relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over
 #      every user x item pair), seed by seed: together they cost about as much as the other nine baselines.
+# Stages 1-3 serve issue #13 (the principal one) and 4-6 Table 2's baselines (#14, #15), so the sessions since
+# 2026-12-04 run each pair's first three stages before either pair's baselines, in one chain:
+#   STAGES=scale bash bench/cpu_session.sh \
+#     && PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 STAGES=scale bash bench/cpu_session.sh \
+#     && bash bench/cpu_session.sh && PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
 # The runs are niced, but where the kernel shares the CPU between sessions first (autogroup, as on this project's
 # machines: /proc/sys/kernel/sched_autogroup_enabled = 1) a nice value only ranks processes within one session, so
 # the grid still takes half of the cores from a test run or a benchmark started elsewhere: pause it meanwhile
@@ -65,6 +71,8 @@ DATA=${DATA:-data/processed/$NAME}
 RUNS=${RUNS:-runs/$NAME/runs}
 ACROSS_CODE=${ACROSS_CODE:-1}
 PLAN=${PLAN:-0}
+STAGES=${STAGES:-all}  # all, or scale: stop after stage 3
+[ "$STAGES" = all ] || [ "$STAGES" = scale ] || { echo "STAGES must be all or scale, got $STAGES" >&2; exit 2; }
 # Chapter 6's sweep, narrowed for 2 CPU cores from the 24 points Toys x Games ran (SWEEP_FULL: gamma 1..0.001 x
 # reduction x denominator; gamma x tau) to 8, 6 of them new: the scale axis the issue is about (gamma x reduction;
 # the mean reduction at gamma g weighs L_CL as the sum at about g x the batch size) and the denominator at the two
@@ -80,10 +88,21 @@ if [ "$PLAN" != 1 ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; 
   say "the checkout has uncommitted changes: the runs would record a commit that is not the code that trained them"
   exit 2
 fi
+missing=""
+[ -f "$DATA/manifest.json" ] || missing="the built pair"
+[ -f "$DATA/${PAIR%,*}/features/features.json" ] && [ -f "$DATA/${PAIR#*,}/features/features.json" ] \
+  || missing="${missing:+$missing and }its item features"
+if [ "$PLAN" = 1 ] && [ -n "$missing" ]; then
+  say "plan: $DATA lacks $missing, which a call without PLAN builds first; no stage can be planned before"
+  exit 0
+fi
 if [ ! -f "$DATA/manifest.json" ]; then
-  say "building $PAIR (min_count $MIN_COUNT) and its text features"
+  say "building $PAIR (min_count $MIN_COUNT)"
   "$PY" -m micrec_core.cli data build --raw "$RAW" --pair "$PAIR" \
     --min-count "$MIN_COUNT" --out "$DATA" || exit 1
+fi
+if [ -n "$missing" ]; then
+  say "encoding $PAIR's item features"
   "$PY" -m micrec_core.cli features --dataset "$DATA" || exit 1
 fi
 grid() {
@@ -125,6 +144,7 @@ stages() {
   variants=$SCALE
   [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE_HEAD,$selected,$SCALE_TAIL"
   grid --variants "$variants" --seeds "$SEEDS" || return
+  [ "$STAGES" = all ] || return 0
   grid --variants "$BASELINES" --seeds "$SEEDS" || return
   grid --variants "$INIT" --seeds "$SEEDS" || return
   for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
