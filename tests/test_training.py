@@ -374,21 +374,14 @@ _TRAIN_AND_PRINT = """
 import json, sys
 from pathlib import Path
 import micrec_core.training.train as train_module
-from micrec_core.config import Config
 from micrec_core.data.dataset import load_pair
-from micrec_core.models.setup import setup
 from micrec_core.training.memory import retain_freed_memory
-from micrec_core.training.train import domain_alphas, train
-from micrec_core.evaluation.inference import evaluate_test
-from tests.conftest import random_features
+from tests.test_training import quick, run
 if sys.argv[2] == "default":
     train_module.retain_freed_memory = lambda: False
-pair = load_pair(Path(sys.argv[1]))
-config = Config(model="micrec", dim=16, max_epochs=3, batches_per_epoch=5, device="cpu", cl_users=16)
-s = setup(pair, config, random_features(pair))
-state = train(s)
-print(json.dumps({"retained": sys.argv[2] != "default" and retain_freed_memory(),
-                  "history": state.history, "test": evaluate_test(s, domain_alphas(s, state))}))
+_, state, test = run(load_pair(Path(sys.argv[1])), quick())
+print(json.dumps({"retained": sys.argv[2] != "default" and retain_freed_memory(), "history": state.history,
+                  "test": test}))
 """
 
 
