@@ -198,13 +198,14 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
-    from micrec_core.runs.reproduce import reproduce, summary_lines
+    from micrec_core.runs.reproduce import chapter_numbers, reproduce, summary_lines
 
     raw = None if args.raw is None else Path(args.raw)
     chapter_params = dict(_key_value(spec, "--chapter") for spec in args.chapter)
+    only = None if args.only is None else chapter_numbers(args.only)
     started = time.perf_counter()
     done = reproduce(raw, args.release, args.pair, args.seeds, args.device, Path(args.out), Path(args.data),
-                     args.max_epochs, chapter_params=chapter_params)
+                     args.max_epochs, chapter_params=chapter_params, only=only)
     folder = done[0].parent
     print(f"\n{len(done)} chapters in {folder} ({time.perf_counter() - started:.0f} s)", *summary_lines(done),
           f"open them: .venv/bin/jupyter lab {folder}",
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--data", default="data", help="where built datasets and caches go")
     rerun.add_argument("--chapter", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter some chapters declare (e.g. min_count=5, sweep=..., jobs=2), repeatable")
+    rerun.add_argument("--only", default=None, metavar="CHAPTERS",
+                       help="execute only these chapters, e.g. 1-6,8-11 (one whose runs are not all trained yet is "
+                            "left out; its earlier copy stays listed only if it ran with the same parameters)")
     rerun.set_defaults(func=cmd_reproduce)
     return parser
 

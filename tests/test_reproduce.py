@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from micrec_core.runs.reproduce import label_prefix, notebook_parameters, own_labels, reproduce
+from micrec_core.runs.reproduce import chapter_numbers, label_prefix, notebook_parameters, own_labels, reproduce
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -189,3 +189,26 @@ def test_each_training_run_a_chapter_finishes_is_reported(tmp_path: Path, caplog
     with caplog.at_level("INFO", logger="micrec.reproduce"):
         reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
     assert "04_training: run 1 finished: inmo/seed3" in caplog.text
+
+
+def test_only_executes_the_chapters_named_and_lists_the_others_done(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    books = chapters(tmp_path, *(f"open({str(log)!r}, 'a').write('{k}\\n')" for k in "abcd"))
+    runs = tmp_path / "runs"
+    done = reproduce(out=runs, data=tmp_path / "data", notebooks=books, only=chapter_numbers("1,3-4"))
+    assert log.read_text().split() == ["a", "c", "d"]
+    assert [p.name for p in done] == ["01_a.ipynb", "03_c.ipynb", "04_d.ipynb"]
+    assert "synthetic/02_b" not in (runs / "synthetic" / "_toc.yml").read_text()
+    done = reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={2})
+    assert log.read_text().split() == ["a", "c", "d", "b"]  # the others were done with these parameters: kept
+    assert [p.name for p in done] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "04_d.ipynb"]
+    done = reproduce(out=runs, data=tmp_path / "data", notebooks=books, device="cuda", only={4})
+    assert [p.name for p in done] == ["04_d.ipynb"]  # the others ran with other parameters: not listed
+    with pytest.raises(ValueError, match="--only names no chapter numbered 5, 7"):
+        reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={1, 5, 7})
+
+
+@pytest.mark.parametrize("spec", ["1,x", "3-1", "1-", ""])
+def test_only_refuses_what_is_no_chapter_list(spec: str) -> None:
+    with pytest.raises(ValueError, match="--only takes chapter numbers and ranges"):
+        chapter_numbers(spec)

@@ -5,6 +5,8 @@ with the same parameters skips notebooks already executed, so a killed reproduct
 parameters (raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel
 starts. A chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb
 beside where the executed chapter would be (removed once the chapter succeeds), and the error names that file.
+`only` executes a subset of the chapters (e.g. all but one whose runs are not all trained yet); the others are left
+as they are, and the pair's book lists those of them already executed with the same parameters.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def _count(value: Any, option: str) -> None:
     """A count option is a whole number of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{option} must be a whole number of at least 1, got {value!r}")
+
+
+def chapter_numbers(spec: str) -> set[int]:
+    """Chapter numbers from '1-6,8,10-11' (ranges inclusive), refusing anything else by name."""
+    numbers: set[int] = set()
+    for part in (p.strip() for p in str(spec).split(",")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise ValueError(f"--only takes chapter numbers and ranges such as 1-6,8, got {part!r} in {spec!r}")
+        numbers |= set(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return numbers
 
 
 def check_parameters(
@@ -134,16 +147,23 @@ def reproduce(
     notebooks: Path = NOTEBOOKS,
     chapter_params: dict[str, Any] | None = None,
     progress: bool = True,
+    only: set[int] | None = None,
 ) -> list[Path]:
     """Execute every notebooks/NN_*.ipynb for one pair into OUT/<pair>/, skipping those already done.
 
     chapter_params: parameters some chapters declare beyond the pair's (e.g. chapter 6's `sweep`), each given to
     the chapters that declare it; a name no chapter declares is refused before any kernel starts.
+    only: the chapter numbers to execute (None: all); the others are not executed, and the returned list (and the
+    pair's book) holds those of them already executed with the same parameters.
     """
     check_parameters(raw, release, pair, seeds, device, out, data, max_epochs)
     import papermill
 
     sources = sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb"))
+    if only is not None:
+        missing = sorted(only - {int(source.name[:2]) for source in sources})
+        if missing:
+            raise ValueError(f"--only names no chapter numbered {', '.join(map(str, missing))}")
     names = {source: declared(source) for source in sources}
     unknown = sorted(set(chapter_params or {}) - set().union(*names.values()))
     if unknown:
@@ -165,6 +185,9 @@ def reproduce(
         if target.is_file() and record.is_file() and json.loads(record.read_text()) == params:
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
+            continue
+        if only is not None and int(source.name[:2]) not in only:
+            log.info("%s: not in --only and not executed with these parameters: left out", source.name)
             continue
         log.info("chapter %d of %d: %s", k + 1, len(sources), source.name)
         with atomic_path(target) as tmp, RunWatcher(target_dir / "runs", source.stem):
