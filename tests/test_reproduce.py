@@ -44,6 +44,9 @@ def test_executes_in_order_and_skips_done(tmp_path: Path) -> None:
     assert len(log.read_text().splitlines()) == 2  # nothing re-executed
     reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, device="cuda")
     assert len(log.read_text().splitlines()) == 4  # new parameters: executed again
+    write_notebook(books / "02_b.ipynb", f"open({str(log)!r}, 'a').write('changed\\n')")
+    reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, device="cuda")
+    assert log.read_text().splitlines()[4:] == ["changed"]  # a changed chapter, and only it, executed again
 
 
 def chapters(tmp_path: Path, *bodies: str) -> Path:

@@ -1,10 +1,11 @@
 """Rerun the book for one domain pair: execute the ordered notebooks with papermill into runs/<pair>/.
 
-Each executed notebook is written atomically next to a small JSON record of the parameters it ran with; a rerun
-with the same parameters skips notebooks already executed, so a killed reproduction resumes where it stopped. The
-parameters (raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel
-starts. A chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb
-beside where the executed chapter would be (removed once the chapter succeeds), and the error names that file.
+Each executed notebook is written atomically next to a small JSON record of the parameters it ran with, and records
+the sha256 of the chapter it ran; a rerun with the same parameters skips notebooks already executed from the same
+chapter, so a killed reproduction resumes where it stopped and a changed chapter is executed again. The parameters
+(raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel starts. A
+chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb beside where
+the executed chapter would be (removed once the chapter succeeds), and the error names that file.
 `only` executes a subset of the chapters (e.g. all but one whose runs are not all trained yet); the others are left
 as they are, and the pair's book lists those of them already executed with the same parameters.
 """
@@ -12,6 +13,7 @@ as they are, and the pair's book lists those of them already executed with the s
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
@@ -182,12 +184,13 @@ def reproduce(
         target = target_dir / source.name
         record = target.with_suffix(".params.json")
         failed = target.with_suffix(".failed.ipynb")
-        if target.is_file() and record.is_file() and json.loads(record.read_text()) == params:
+        if target.is_file() and record.is_file() and json.loads(record.read_text()) == params \
+                and executed_from(target) == source_sha256(source):
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
             continue
         if only is not None and int(source.name[:2]) not in only:
-            log.info("%s: not in --only and not executed with these parameters: left out", source.name)
+            log.info("%s: not in --only, and no copy executed from it with these parameters: left out", source.name)
             continue
         log.info("chapter %d of %d: %s", k + 1, len(sources), source.name)
         with atomic_path(target) as tmp, RunWatcher(target_dir / "runs", source.stem):
@@ -196,7 +199,7 @@ def reproduce(
                     str(source), str(tmp), parameters=params, cwd=str(source.parent), progress_bar=progress,
                     extra_arguments=KERNEL_ARGUMENTS,
                 )
-                _portable_record(tmp, source.name, target.name, label_prefix(target_dir.name))
+                _portable_record(tmp, source, target.name, label_prefix(target_dir.name))
             except Exception as err:
                 reason = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
                 if tmp.stat().st_size == 0:
@@ -250,13 +253,26 @@ class RunWatcher:
         self.thread.join()
 
 
-def _portable_record(notebook: Path, source: str, target: str, prefix: str) -> None:
-    """Record papermill's input and output as the chapters' names, not as paths of this machine, and make the
-    copy's figure labels its own (`own_labels`)."""
+def source_sha256(source: Path) -> str:
+    """The sha256 of a chapter's notebook file as executed."""
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+
+
+def executed_from(target: Path) -> str | None:
+    """The sha256 of the chapter source an executed copy was made from (None if it records none: executed by an
+    earlier micrec, so it may show an older version of the chapter)."""
+    return json.loads(Path(target).read_text())["metadata"].get("micrec", {}).get("source_sha256")
+
+
+def _portable_record(notebook: Path, source: Path, target: str, prefix: str) -> None:
+    """Record papermill's input and output as the chapters' names, not as paths of this machine, and which version
+    of the chapter ran (its sha256: a changed chapter is executed again), and make the copy's figure labels its own
+    (`own_labels`)."""
     import nbformat
 
     executed = nbformat.read(notebook, as_version=4)
-    executed.metadata["papermill"] |= {"input_path": f"notebooks/{source}", "output_path": target}
+    executed.metadata["papermill"] |= {"input_path": f"notebooks/{source.name}", "output_path": target}
+    executed.metadata["micrec"] = {"source_sha256": source_sha256(source)}
     own_labels(executed, prefix)
     nbformat.write(executed, notebook)
 
