@@ -126,6 +126,10 @@ def test_a_chapter_sweep_is_the_union_of_its_groups() -> None:
     points = sweep_points("gamma_cl=1,0.1 loss_reduction=mean,sum; gamma_cl=1,0.1 tau=0.2;")
     assert len(points) == 6 and points[:4] == expand(["gamma_cl=1,0.1", "loss_reduction=mean,sum"])
     assert sweep_points("gamma_cl=1; gamma_cl=1") == [{"gamma_cl": 1.0}]
+    # one configuration written two ways (the other group's setting at its default) is one point
+    shared = sweep_points("gamma_cl=1,0.1 loss_reduction=mean,sum; gamma_cl=1,0.1 cl_loss=paper,infonce")
+    assert len(shared) == 6 and {"gamma_cl": 1.0, "cl_loss": "paper"} not in shared
+    assert {"gamma_cl": 0.1, "cl_loss": "infonce"} in shared
     assert sweep_points("") == []
 
 

@@ -92,13 +92,22 @@ CHAPTER_SWEEP = "gamma_cl=1,0.01 loss_reduction=mean,sum"  # chapters 6 and 11 w
 
 def sweep_points(text: str | None) -> list[dict[str, Any]]:
     """The points of a chapter's `sweep` parameter: groups separated by ';', each a product of space-separated
-    `key=v1,v2` settings; the union of the groups' points, each once, in order. None: `CHAPTER_SWEEP`, the
-    synthetic book's small sweep (a papermill parameters cell cannot hold a default with '=' in it)."""
-    points: list[dict[str, Any]] = []
-    for group in (CHAPTER_SWEEP if text is None else str(text)).split(";"):
-        if group.strip():
-            points += [p for p in expand(group.split()) if p not in points]
-    return points
+    `key=v1,v2` settings; the union of the groups' points, each configuration once (a setting a point leaves out
+    has `Config`'s default, so `gamma_cl=1 loss_reduction=sum` and `gamma_cl=1 cl_loss=paper` are one point), in
+    order. None: `CHAPTER_SWEEP`, the synthetic book's small sweep (a papermill parameters cell cannot hold a default
+    with '=' in it)."""
+    points = [p for group in (CHAPTER_SWEEP if text is None else str(text)).split(";") if group.strip()
+              for p in expand(group.split())]
+    defaults = Config()
+    keys = sorted({key for p in points for key in p})
+    unique: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    for point in points:
+        configuration = {key: point.get(key, getattr(defaults, key)) for key in keys}
+        if configuration not in seen:
+            seen.append(configuration)
+            unique.append(point)
+    return unique
 
 
 def narrowing(sweep: str | None, full: str) -> str:
