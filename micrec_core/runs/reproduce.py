@@ -184,12 +184,13 @@ def reproduce(
         target = target_dir / source.name
         record = target.with_suffix(".params.json")
         failed = target.with_suffix(".failed.ipynb")
+        number = int(source.name[:2])
         if target.is_file() and record.is_file() and json.loads(record.read_text()) == params \
                 and executed_from(target) == source_sha256(source):
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
             continue
-        if only is not None and int(source.name[:2]) not in only:
+        if only is not None and number not in only:
             log.info("%s: not in --only, and no copy executed from it with these parameters: left out", source.name)
             continue
         log.info("chapter %d of %d: %s", k + 1, len(sources), source.name)

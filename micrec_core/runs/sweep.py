@@ -98,16 +98,14 @@ def sweep_points(text: str | None) -> list[dict[str, Any]]:
     with '=' in it)."""
     points = [p for group in (CHAPTER_SWEEP if text is None else str(text)).split(";") if group.strip()
               for p in expand(group.split())]
+    filled = configurations(points, sorted({key for p in points for key in p}))
+    return [p for k, p in enumerate(points) if filled[k] not in filled[:k]]
+
+
+def configurations(points: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Each point as the configuration it runs on `keys`: a setting the point leaves out has `Config`'s default."""
     defaults = Config()
-    keys = sorted({key for p in points for key in p})
-    unique: list[dict[str, Any]] = []
-    seen: list[dict[str, Any]] = []
-    for point in points:
-        configuration = {key: point.get(key, getattr(defaults, key)) for key in keys}
-        if configuration not in seen:
-            seen.append(configuration)
-            unique.append(point)
-    return unique
+    return [{key: p.get(key, getattr(defaults, key)) for key in keys} for p in points]
 
 
 def narrowing(sweep: str | None, full: str) -> str:
@@ -115,10 +113,8 @@ def narrowing(sweep: str | None, full: str) -> str:
     of the full grid's points it runs, and each setting value that no point it runs has. Points are compared as
     configurations: a setting a point leaves out has `Config`'s default."""
     asked, fuller = sweep_points(sweep), sweep_points(full)
-    defaults = Config()
     keys = sorted({key for p in [*asked, *fuller] for key in p})
-    ran, wide = ([{key: p.get(key, getattr(defaults, key)) for key in keys} for p in points]
-                 for points in (asked, fuller))
+    ran, wide = configurations(asked, keys), configurations(fuller, keys)
     missing = [p for p in wide if p not in ran]
     if not missing:
         return f"This sweep runs every point of `{full}` ({len(wide)} points)."
