@@ -9,7 +9,15 @@ import pytest
 
 from micrec_core.evaluation.compare import mean_std
 from micrec_core.models.registry import REGISTRY, TABLE2, table2_models
-from micrec_core.runs.chapters import caption, growth_exponent, largest_within, sweep_selection, train_grid, wide
+from micrec_core.runs.chapters import (
+    caption,
+    data_label,
+    growth_exponent,
+    largest_within,
+    sweep_selection,
+    train_grid,
+    wide,
+)
 from micrec_core.runs.grid import collect, run_grid
 from micrec_core.runs.sweep import sweep_points
 
@@ -57,6 +65,14 @@ def test_the_protocol_note_is_true_for_the_parameters_it_is_given() -> None:
     assert "`max_epochs = 60`, not the paper's protocol" in capped and "1 training seed," in capped
     full = protocol_note("Amazon 2014 data", 1000, 5)
     assert "the paper's protocol" in full and "not the paper's" not in full and "5 training seeds" in full
+
+
+def test_the_data_label_names_a_filter_other_than_the_paper_s_and_only_then() -> None:
+    assert data_label(None, "2014", 10).startswith("SYNTHETIC data")
+    assert data_label("../raw", "2014", 10) == "Amazon 2014 data from ../raw"
+    assert data_label("../raw", "2018", 10, source=False) == "Amazon 2018 data"
+    food = data_label("../raw", "2014", 5, source=False)
+    assert food.startswith("Amazon 2014 data, ") and "--min-count 5" in food and "filter: 10" in food
 
 
 def test_growth_exponent_and_the_size_that_fills_a_budget() -> None:

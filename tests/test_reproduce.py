@@ -191,7 +191,7 @@ def test_each_training_run_a_chapter_finishes_is_reported(tmp_path: Path, caplog
                    f"(Path({str(run)!r}) / 'metrics.json').write_text('{{}}')")
     with caplog.at_level("INFO", logger="micrec.reproduce"):
         reproduce(out=tmp_path / "runs", data=tmp_path / "data", notebooks=books, progress=False)
-    assert "04_training: run 1 finished: inmo/seed3" in caplog.text
+    assert "04_training: run 1 finished under the runs folder: inmo/seed3" in caplog.text
 
 
 def test_only_executes_the_chapters_named_and_lists_the_others_done(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 from IPython.display import display
 
 from micrec_core.config import Config
+from micrec_core.data.dataset import SplitParams
 from micrec_core.evaluation.metrics import GROUPS
 from micrec_core.runs.grid import (
     collect,
@@ -84,6 +85,19 @@ def sweep_selection(dataset: Path, runs: Path, points: list[dict[str, Any]], see
 
 
 PAPER_MAX_EPOCHS = 1000  # the paper: up to 1000 epochs, early stopping
+PAPER_MIN_COUNT = SplitParams.min_count  # the paper's filter: users and items with more than 10 interactions
+
+
+def data_label(raw: str | Path | None, release: str, min_count: int, source: bool = True) -> str:
+    """What a chapter's numbers come from, as its statements, figure titles and captions name it: SYNTHETIC for the
+    generated default; else the Amazon release (and, with `source`, the folder it was read from), followed by the
+    k-core filter wherever it is not the paper's, so that a pair built at `--min-count 5` says so beside each number."""
+    if raw is None:
+        return "SYNTHETIC data (micrec_core.data.synth), not Amazon"
+    label = f"Amazon {release} data" + (f" from {raw}" if source else "")
+    if int(min_count) != PAPER_MIN_COUNT:
+        label += f", built at --min-count {int(min_count)} (the paper's filter: {PAPER_MIN_COUNT})"
+    return label
 
 
 def protocol_note(data_label: str, max_epochs: int, seeds: int) -> str:

@@ -217,10 +217,12 @@ def reproduce(
 
 
 class RunWatcher:
-    """While a chapter executes, reports each training run it finishes (a metrics.json written or rewritten under
-    `runs`), with the seconds it took since the previous report: papermill's bar counts only the chapter's cells, and
-    a cell that trains a grid can run for hours. Early stopping leaves the number of epochs, and so an ETA per run,
-    unknown; the count and the pace are what can be told."""
+    """While a chapter executes, reports each training run that finishes meanwhile (a metrics.json written or
+    rewritten under `runs`), with the seconds since the previous report: papermill's bar counts only the chapter's
+    cells, and a cell that trains a grid can run for hours. Early stopping leaves the number of epochs, and so an ETA
+    per run, unknown; the count and the pace are what can be told. The folder does not say who wrote a file, so a run
+    that another process trains into the same folder (a `micrec grid` of bench/cpu_session.sh) is reported too, and
+    the message says "under the runs folder", not "by this chapter"."""
 
     def __init__(self, runs: Path, chapter: str, every: float = 2.0) -> None:
         # absolute: papermill changes the process's working directory while the chapter runs
@@ -238,8 +240,8 @@ class RunWatcher:
             for path, stamp in sorted(self._finished().items()):
                 if seen.get(path) != stamp:
                     seen[path], count, now = stamp, count + 1, time.perf_counter()
-                    log.info("%s: run %d finished: %s/%s (%.0f s)", self.chapter, count, path.parent.parent.name,
-                             path.parent.name, now - last)
+                    log.info("%s: run %d finished under the runs folder: %s/%s (%.0f s)", self.chapter, count,
+                             path.parent.parent.name, path.parent.name, now - last)
                     last = now
             if stopped:
                 return
