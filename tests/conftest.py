@@ -1,9 +1,10 @@
-"""Shared fixtures: a tiny built cross-domain dataset with random item features."""
+"""Shared fixtures: a tiny built cross-domain dataset with random item features, and a spy on fsync and rename."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,23 @@ def random_features(pair: PairData, seed: int = 0) -> list[ItemModalities]:
             )
         )
     return out
+
+
+@pytest.fixture
+def durability_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Each os.fsync and os.replace the test makes, in order, with the inode it acted on: a file written durably is
+    fsynced before it is renamed to its final name."""
+    events: list[tuple[str, int]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("replace", os.stat(src).st_ino))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return events

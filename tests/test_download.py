@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import os
 import random
 import threading
 import time
@@ -182,23 +181,11 @@ def test_resume_from_partial_file_uses_range(served: Served, tmp_path: Path) -> 
 
 
 def test_download_is_flushed_to_disk_before_the_rename(
-    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: Served, tmp_path: Path, durability_events: list[tuple[str, int]]
 ) -> None:
     """The .part is fsynced before it takes the final name (a crash cannot leave a final name with lost data)."""
     (served.root / "f.bin").write_bytes(_payload(10_000))
-    events: list[tuple[str, int]] = []
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd: int) -> None:
-        events.append(("fsync", os.fstat(fd).st_ino))
-        fsync(fd)
-
-    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        events.append(("replace", os.stat(src).st_ino))
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", spy_fsync)
-    monkeypatch.setattr(os, "replace", spy_replace)
+    events = durability_events
     inode = download_file(f"{served.url}/files/f.bin", tmp_path / "f.bin").stat().st_ino
     assert ("fsync", inode) in events
     assert events.index(("fsync", inode)) < events.index(("replace", inode))
