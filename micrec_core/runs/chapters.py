@@ -1,5 +1,6 @@
-"""What the results chapters share: training their grid with a report of what was reused, the provenance lines above
-their tables, and the per-model tables themselves (mean and spread over seeds in the paper's layout)."""
+"""What the chapters share: the label of the data their numbers come from, training their grid with a report of what
+was reused, the provenance lines above their tables, and the per-model tables themselves (mean and spread over seeds
+in the paper's layout)."""
 
 from __future__ import annotations
 
