@@ -117,13 +117,15 @@ def pick_target(view: DomainView, history_range: tuple[int, int]) -> int:
     usable = view.valid[:, 0].numpy() & (sizes > 0)
     in_range = usable & (sizes >= history_range[0]) & (sizes <= history_range[1])
     pool = np.flatnonzero(in_range) if in_range.any() else np.flatnonzero(usable & (sizes == sizes[usable].min()))
-    return int(max(pool, key=lambda u: (view.top1[u], -u)))
+    top1 = view.top1
+    return int(max(pool, key=lambda u: (top1[u], -u)))
 
 
 def explorer_users(view: DomainView, target: int, n: int) -> list[int]:
     """The explorer's users: the Figure 3 target, then users evenly spread over the ranking by top-1 similarity
     (best to worst), n at most."""
-    ranked = sorted(np.flatnonzero(view.valid[:, 0].numpy()), key=lambda u: (-view.top1[u], u))
+    top1 = view.top1
+    ranked = sorted(np.flatnonzero(view.valid[:, 0].numpy()), key=lambda u: (-top1[u], u))
     spread = [int(ranked[round(float(p))]) for p in np.linspace(0, len(ranked) - 1, min(n, len(ranked)))]
     return [target, *(u for u in dict.fromkeys(spread) if u != target)][:n]
 
@@ -212,11 +214,12 @@ def page_html(view: DomainView, u: int, recommendations: list[tuple[int, float]]
         )
     header = "<tr><th>rank</th><th>user</th><th></th><th>similarity</th><th>shared items</th><th>Jaccard</th>"
     header += "<th>planted cluster</th></tr>" if view.user_cluster is not None else "</tr>"
-    neighbour_histories = {i for other in neighbours for i in view.histories[other]}
+    neighbour_sets = [set(view.histories[other]) for other in neighbours]
+    neighbour_histories = set().union(*neighbour_sets)
     recs = []
     for i, score in recommendations:
         marks = badge("in E_test", GREEN) if i in view.test_items[u] else ""
-        count = sum(i in set(view.histories[other]) for other in neighbours)
+        count = sum(i in theirs for theirs in neighbour_sets)
         marks += badge(f"{count} of {view.top_k} similar users have it", PURPLE) if count else ""
         tag = f" <i>c{view.item_cluster[i]}</i>" if view.item_cluster is not None else ""
         recs.append(f"<li{' class=s' if i in neighbour_histories else ''}>{html.escape(view.titles[i])}{tag} "
