@@ -142,7 +142,10 @@ stages() {
     say "no selection though the sweep ran: $(tail -n 1 <<< "$chosen")"; return 1
   fi
   variants=$SCALE
-  [ -z "$selected" ] || [[ ",$SCALE," == *",$selected,"* ]] || variants="$SCALE_HEAD,$selected,$SCALE_TAIL"
+  if [ -n "$selected" ] && [[ ",$SCALE_HEAD," != *",$selected,"* ]]; then  # the selected point right after INMO
+    tail=$(tr ',' '\n' <<< "$SCALE_TAIL" | grep -vxF "$selected" | paste -sd, -)
+    variants="$SCALE_HEAD,$selected,$tail"
+  fi
   grid --variants "$variants" --seeds "$SEEDS" || return
   [ "$STAGES" = all ] || return 0
   grid --variants "$BASELINES" --seeds "$SEEDS" || return
