@@ -198,14 +198,25 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
-    from micrec_core.runs.reproduce import chapter_numbers, reproduce, summary_lines
+    from micrec_core.runs.reproduce import chapter_numbers, like_arguments, reproduce, summary_lines
 
-    raw = None if args.raw is None else Path(args.raw)
-    chapter_params = dict(_key_value(spec, "--chapter") for spec in args.chapter)
     only = None if args.only is None else chapter_numbers(args.only)
+    given = {"raw": args.raw, "release": args.release, "pair": args.pair, "seeds": args.seeds, "device": args.device,
+             "out": args.out, "data": args.data, "max_epochs": args.max_epochs}
+    if args.like is not None:
+        clash = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None] + (["--chapter"] * bool(
+            args.chapter))
+        if clash:
+            raise ValueError(f"--like takes every parameter from {args.like}'s records; drop {', '.join(clash)}")
+        arguments = like_arguments(Path(args.like))
+    else:
+        arguments = {k: v for k, v in given.items() if v is not None}
+        arguments["chapter_params"] = dict(_key_value(spec, "--chapter") for spec in args.chapter)
+        for key in ("raw", "out", "data"):
+            if key in arguments:
+                arguments[key] = Path(arguments[key])
     started = time.perf_counter()
-    done = reproduce(raw, args.release, args.pair, args.seeds, args.device, Path(args.out), Path(args.data),
-                     args.max_epochs, chapter_params=chapter_params, only=only)
+    done = reproduce(**arguments, only=only)
     folder = done[0].parent
     print(f"\n{len(done)} chapters in {folder} ({time.perf_counter() - started:.0f} s)", *summary_lines(done),
           f"open them: .venv/bin/jupyter lab {folder}",
@@ -339,13 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerun = command(commands, "reproduce", "execute the book's notebooks for one pair with papermill")
     rerun.add_argument("--raw", default=None, help="raw release folder (default: the synthetic dataset)")
-    rerun.add_argument("--release", choices=RELEASES, default="2014", help="layout of the raw files")
+    rerun.add_argument("--release", choices=RELEASES, default=None, help="layout of the raw files (default: 2014)")
     rerun.add_argument("--pair", type=_pair, default=None, help="two domains, e.g. Beauty,Electronics (with --raw)")
-    rerun.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every trained model")
-    rerun.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help=DEVICE_HELP)
+    rerun.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 of every trained model (default: 1)")
+    rerun.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help=f"{DEVICE_HELP} (default: cpu)")
     rerun.add_argument("--max-epochs", type=int, default=None, help="training epoch cap (default: the notebook's)")
-    rerun.add_argument("--out", default="runs", help="executed notebooks go to OUT/<pair>/")
-    rerun.add_argument("--data", default="data", help="where built datasets and caches go")
+    rerun.add_argument("--out", default=None, help="executed notebooks go to OUT/<pair>/ (default: runs)")
+    rerun.add_argument("--data", default=None, help="where built datasets and caches go (default: data)")
+    rerun.add_argument("--like", default=None, metavar="FOLDER",
+                       help="every parameter as the chapters in FOLDER (e.g. runs/Beauty_Electronics) were executed "
+                            "with, read from their .params.json records: rerun a pair's book after a code change "
+                            "without retyping its options (with --only: some of its chapters)")
     rerun.add_argument("--chapter", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter some chapters declare (e.g. min_count=5, sweep=..., jobs=2), repeatable")
     rerun.add_argument("--only", default=None, metavar="CHAPTERS",

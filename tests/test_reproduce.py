@@ -8,7 +8,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from micrec_core.runs.reproduce import chapter_numbers, label_prefix, notebook_parameters, own_labels, reproduce
+from micrec_core.cli import main
+from micrec_core.runs.reproduce import (
+    chapter_numbers,
+    label_prefix,
+    like_arguments,
+    notebook_parameters,
+    own_labels,
+    reproduce,
+)
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -215,3 +223,57 @@ def test_only_executes_the_chapters_named_and_lists_the_others_done(tmp_path: Pa
 def test_only_refuses_what_is_no_chapter_list(spec: str) -> None:
     with pytest.raises(ValueError, match="--only takes chapter numbers and ranges"):
         chapter_numbers(spec)
+
+
+def test_like_reruns_a_pair_with_the_parameters_it_was_executed_with(tmp_path: Path) -> None:
+    for name in ("A", "B"):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        (tmp_path / "raw" / name / f"reviews_{name}_5.json.gz").write_bytes(b"")
+    log = tmp_path / "log.txt"
+    books = chapters(tmp_path, f"open({str(log)!r}, 'a').write(str(raw).split('/')[-1] + ' ' + device + '\\n')")
+    special = nbformat.v4.new_code_cell("raw = None\npair = None\nout = ''\nruns = ''\nsweep = 'none'")
+    special.metadata["tags"] = ["parameters"]
+    body = f"open({str(log)!r}, 'a').write(sweep + '\\n')"
+    notebook = nbformat.v4.new_notebook(cells=[special, nbformat.v4.new_code_cell(body)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, books / "02_sweep.ipynb")
+    first = (books / "01_a.ipynb").read_text()
+    (books / "01_a.ipynb").write_text(first.replace("raw = None", "raw = None\\npair = None"))
+    reproduce(tmp_path / "raw", pair=("A", "B"), device="cuda", out=tmp_path / "runs", data=tmp_path / "data",
+              notebooks=books, chapter_params={"sweep": "lr=0.1"}, progress=False)
+    assert log.read_text().split("\n")[:2] == ["raw cuda", "lr=0.1"]
+    like = like_arguments(tmp_path / "runs" / "A_B", notebooks=books)
+    assert like["pair"] == ("A", "B") and like["device"] == "cuda" and like["chapter_params"] == {"sweep": "lr=0.1"}
+    assert like["raw"].resolve() == (tmp_path / "raw").resolve()
+    assert like["out"].resolve() == (tmp_path / "runs").resolve()
+    assert like["data"].resolve() == (tmp_path / "data").resolve()
+    before = {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    reproduce(**like, notebooks=books, progress=False)
+    assert len(log.read_text().splitlines()) == 2  # every chapter already executed with these parameters
+    assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == before
+    nbformat.write(notebook, books / "02_sweep.ipynb")  # the same chapter, its sha256 changed by the rewrite
+    (books / "02_sweep.ipynb").write_text((books / "02_sweep.ipynb").read_text() + "\n")
+    reproduce(**like, notebooks=books, progress=False, only={2})
+    assert log.read_text().splitlines()[2:] == ["lr=0.1"]  # the changed chapter, with its recorded sweep
+
+
+def test_like_refuses_records_that_are_not_one_reproduction(tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "A_B"
+    folder.mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"holds no chapter's \.params\.json"):
+        like_arguments(folder)
+    base = {"raw": None, "out": "../data/processed/synthetic", "runs": "../runs/synthetic/runs", "device": "cpu"}
+    (folder / "01_a.params.json").write_text(json.dumps(base))
+    (folder / "02_b.params.json").write_text(json.dumps(base | {"device": "cuda"}))
+    with pytest.raises(ValueError, match=r"02_b.params.json has device='cuda', but .*01_a.params.json has "
+                                         r"device='cpu'"):
+        like_arguments(folder, notebooks=tmp_path / "notebooks")
+    (folder / "02_b.params.json").unlink()
+    (folder / "01_a.params.json").write_text(json.dumps(base | {"runs": "../elsewhere/runs"}))
+    with pytest.raises(ValueError, match="runs not as `micrec reproduce` writes them"):
+        like_arguments(folder, notebooks=tmp_path / "notebooks")
+
+
+def test_like_refuses_options_it_would_override(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "--like", "runs/Beauty_Electronics", "--seeds", "1", "--chapter", "jobs=1"]) == 2
+    assert "drop --seeds, --chapter" in capsys.readouterr().err

@@ -8,6 +8,8 @@ chapter that fails keeps its partly executed notebook, with the error in it, as 
 the executed chapter would be (removed once the chapter succeeds), and the error names that file.
 `only` executes a subset of the chapters (e.g. all but one whose runs are not all trained yet); the others are left
 as they are, and the pair's book lists those of them already executed with the same parameters.
+`like_arguments` reads those records back, so a pair's book can be rerun with exactly the parameters it was
+executed with (`micrec reproduce --like runs/<pair>`), without retyping them.
 """
 
 from __future__ import annotations
@@ -114,6 +116,53 @@ def notebook_parameters(
         "device": device,
         "seeds": seeds,
     }
+
+
+BASE_KEYS = ("raw", "release", "pair", "out", "runs", "device", "seeds", "max_epochs")
+
+
+def like_arguments(folder: Path, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
+    """The `reproduce` arguments a pair's chapters in `folder` were executed with, read from their NN_*.params.json
+    records: the pair's own parameters, and every other as a chapter parameter. Records that disagree on a
+    parameter, or that `reproduce` with the derived arguments would not write again, are refused, naming the file."""
+    records = sorted(Path(folder).glob("[0-9][0-9]_*.params.json"))
+    if not records:
+        raise ValueError(f"{folder} holds no chapter's .params.json: not a folder `micrec reproduce` wrote")
+    merged: dict[str, Any] = {}
+    seen: dict[str, Path] = {}
+    for record in records:
+        for key, value in json.loads(record.read_text()).items():
+            if key in merged and merged[key] != value:
+                raise ValueError(f"{record} has {key}={value!r}, but {seen[key]} has {key}={merged[key]!r}: "
+                                 f"the chapters in {folder} were not executed with one set of parameters")
+            merged[key], seen[key] = value, record
+    missing = sorted({"out", "runs"} - set(merged))
+    if missing:
+        raise ValueError(f"no record in {folder} has {', '.join(missing)}: not a folder `micrec reproduce` wrote")
+
+    def here(value: str) -> Path:  # recorded relative to the notebooks; given relative to the current folder
+        return Path(os.path.relpath(os.path.normpath(Path(notebooks).absolute() / value)))
+
+    pair = merged.get("pair")
+    arguments = {
+        "raw": None if merged.get("raw") is None else here(merged["raw"]),
+        "release": str(merged.get("release", "2014")),
+        "pair": None if pair is None else tuple(str(pair).split(",")),
+        "seeds": int(merged.get("seeds", 1)),
+        "device": str(merged.get("device", "cpu")),
+        "out": here(merged["runs"]).parent.parent,
+        "data": here(merged["out"]).parent.parent,
+        "max_epochs": merged.get("max_epochs"),
+        "chapter_params": {k: v for k, v in merged.items() if k not in BASE_KEYS},
+    }
+    again = notebook_parameters(*(arguments[k] for k in ("raw", "release", "pair", "seeds", "device", "out", "data",
+                                                          "max_epochs")), notebooks=notebooks)
+    differing = sorted(k for k in BASE_KEYS if k in merged and again.get(k) != merged[k])
+    if differing:
+        raise ValueError(f"{seen[differing[0]]}: {', '.join(differing)} not as `micrec reproduce` writes them "
+                         f"({', '.join(f'{k}={merged[k]!r}' for k in differing)}; expected "
+                         f"{', '.join(f'{k}={again.get(k)!r}' for k in differing)})")
+    return arguments
 
 
 def declared(notebook: Path) -> set[str]:
