@@ -203,15 +203,21 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     only = None if args.only is None else chapter_numbers(args.only)
     given = {"raw": args.raw, "release": args.release, "pair": args.pair, "seeds": args.seeds, "device": args.device,
              "out": args.out, "data": args.data, "max_epochs": args.max_epochs}
+    extra = dict(_key_value(spec, "--chapter") for spec in args.chapter)
     if args.like is not None:
-        clash = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None] + (["--chapter"] * bool(
-            args.chapter))
+        clash = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
         if clash:
             raise ValueError(f"--like takes every parameter from {args.like}'s records; drop {', '.join(clash)}")
         arguments = like_arguments(Path(args.like))
+        recorded = arguments["chapter_params"]
+        for key, value in extra.items():  # a parameter of chapters not executed yet; no recorded one changes
+            if key in recorded and recorded[key] != value:
+                raise ValueError(f"--chapter {key}={value!r}: {args.like}'s records have {key}={recorded[key]!r}, "
+                                 f"and --like keeps them (run without --like to execute with other parameters)")
+            recorded[key] = value
     else:
         arguments = {k: v for k, v in given.items() if v is not None}
-        arguments["chapter_params"] = dict(_key_value(spec, "--chapter") for spec in args.chapter)
+        arguments["chapter_params"] = extra
         for key in ("raw", "out", "data"):
             if key in arguments:
                 arguments[key] = Path(arguments[key])
@@ -360,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--like", default=None, metavar="FOLDER",
                        help="every parameter as the chapters in FOLDER (e.g. runs/Beauty_Electronics) were executed "
                             "with, read from their .params.json records: rerun a pair's book after a code change "
-                            "without retyping its options (with --only: some of its chapters)")
+                            "without retyping its options (with --only: some of its chapters; --chapter adds a "
+                            "parameter no record has, for chapters not executed yet)")
     rerun.add_argument("--chapter", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter some chapters declare (e.g. min_count=5, sweep=..., jobs=2), repeatable")
     rerun.add_argument("--only", default=None, metavar="CHAPTERS",

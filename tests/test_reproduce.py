@@ -275,5 +275,7 @@ def test_like_refuses_records_that_are_not_one_reproduction(tmp_path: Path) -> N
 
 
 def test_like_refuses_options_it_would_override(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reproduce", "--like", "runs/Beauty_Electronics", "--seeds", "1", "--chapter", "jobs=1"]) == 2
-    assert "drop --seeds, --chapter" in capsys.readouterr().err
+    assert main(["reproduce", "--like", "runs/Beauty_Electronics", "--seeds", "1", "--device", "cpu"]) == 2
+    assert "drop --seeds, --device" in capsys.readouterr().err
+    assert main(["reproduce", "--like", "runs/Beauty_Electronics", "--chapter", "jobs=1", "--only", "1"]) == 2
+    assert "--chapter jobs=1: runs/Beauty_Electronics's records have jobs=2" in capsys.readouterr().err
