@@ -37,13 +37,15 @@
 #   3. seeds 1..SEEDS-1 of stage 1 and of the sweep point chapter 6 selects on validation (`micrec select`), MICRec,
 #      INMO and the selected point first (the comparison issue #13 reports per pair), then INMO with the full W and
 #      the ablations;
-#   4. Table 2's other baselines, SEEDS seeds (seed 0 of most of them was trained first, before this order);
-#   5. SGL and XSimGCL meeting unseen users and items with a random row (chapter 7's other reading,
-#      `sgl+unseen_init=random`): training never reads that parameter, so the grid evaluates each stage-4 run's
-#      trained model again (seconds; `experiment.reevaluate`) where its model.pt is still there, and trains it
-#      otherwise;
-#   6. IDCF (whose relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over
-#      every user x item pair), seed by seed: together they cost about as much as the other nine baselines.
+#   4-6. Table 2's other baselines seed by seed (seed 0 of every model, then seed 1 of every model, ...), so that a
+#      pair's Table 2 has every row at one seed long before it has five (the chapter trains every registered model,
+#      so a partial row set publishes nothing; on Beauty x Electronics one seed of all of them is ~16 core-hours).
+#      Within a seed: the nine faster baselines first (finished and committed within a session), then IDCF (whose
+#      relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over every
+#      user x item pair), which together cost about as much as the nine; then SGL and XSimGCL meeting unseen users
+#      and items with a random row (chapter 7's other reading, `sgl+unseen_init=random`): training never reads that
+#      parameter, so the grid evaluates each such run's trained model again (seconds; `experiment.reevaluate`)
+#      where its model.pt is still there, and trains it otherwise.
 # Stages 1-3 serve issue #13 (the principal one) and 4-6 Table 2's baselines (#14, #15), so the sessions since
 # 2026-12-04 run each pair's first three stages before either pair's baselines, in one chain:
 #   STAGES=scale bash bench/cpu_session.sh \
@@ -148,10 +150,9 @@ stages() {
   fi
   grid --variants "$variants" --seeds "$SEEDS" || return
   [ "$STAGES" = all ] || return 0
-  grid --variants "$BASELINES" --seeds "$SEEDS" || return
-  grid --variants "$INIT" --seeds "$SEEDS" || return
-  for seeds in $(seq 1 "$SEEDS"); do  # one seed a call: past the deadline each unfinished run of a call trains an epoch
-    grid --variants "$SLOW" --seeds "$seeds" || return
+  for seeds in $(seq 1 "$SEEDS"); do  # --seeds n adds seed n-1: past the deadline each unfinished run trains an epoch
+    grid --variants "$BASELINES,$SLOW" --seeds "$seeds" || return
+    grid --variants "$INIT" --seeds "$seeds" || return
   done
 }
 stages
