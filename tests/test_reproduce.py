@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -219,6 +220,47 @@ def test_only_executes_the_chapters_named_and_lists_the_others_done(tmp_path: Pa
         reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={1, 5, 7})
 
 
+def test_a_chapter_executed_in_place_keeps_its_copies_current(tmp_path: Path) -> None:
+    """The synthetic book executes the chapters in place, which changes their stored outputs, not what they compute:
+    a pair's copies stay current (listed by --only), and only an edited cell executes a chapter again."""
+    log = tmp_path / "log.txt"
+    books = chapters(tmp_path, *(f"open({str(log)!r}, 'a').write('{k}\\n')" for k in "ab"))
+    runs = tmp_path / "runs"
+    reproduce(out=runs, data=tmp_path / "data", notebooks=books)
+    source = books / "02_b.ipynb"
+    executed = nbformat.read(source, as_version=4)
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="ran in place\n")]
+    executed.cells[1].execution_count = 7
+    nbformat.write(executed, source)
+    done = reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={1})
+    assert log.read_text().split() == ["a", "b"]  # nothing executed again
+    assert [p.name for p in done] == ["01_a.ipynb", "02_b.ipynb"]  # 02 still listed
+    executed.cells[1].source += "  # edited"
+    nbformat.write(executed, source)
+    done = reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={1})
+    assert [p.name for p in done] == ["01_a.ipynb"]  # an edited chapter's copy is stale
+    reproduce(out=runs, data=tmp_path / "data", notebooks=books, only={2})
+    assert log.read_text().split() == ["a", "b", "b"]
+
+
+def test_a_copy_made_before_chapter_hashes_is_current_by_its_file_hash(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    books = chapters(tmp_path, f"open({str(log)!r}, 'a').write('a\\n')")
+    runs = tmp_path / "runs"
+    reproduce(out=runs, data=tmp_path / "data", notebooks=books)
+    copy = runs / "synthetic" / "01_a.ipynb"
+    executed = nbformat.read(copy, as_version=4)
+    source = books / "01_a.ipynb"
+    executed.metadata["micrec"] = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    nbformat.write(executed, copy)
+    reproduce(out=runs, data=tmp_path / "data", notebooks=books)
+    assert log.read_text().split() == ["a"]  # the old record matches the file as it is: current
+    source.write_text(source.read_text().replace('"nbformat"', ' "nbformat"', 1))  # same cells, other bytes
+    reproduce(out=runs, data=tmp_path / "data", notebooks=books)
+    assert log.read_text().split() == ["a", "a"]  # an old record cannot tell: executed again, now by cell hash
+    assert "chapter_sha256" in nbformat.read(copy, as_version=4).metadata["micrec"]
+
+
 @pytest.mark.parametrize("spec", ["1,x", "3-1", "1-", ""])
 def test_only_refuses_what_is_no_chapter_list(spec: str) -> None:
     with pytest.raises(ValueError, match="--only takes chapter numbers and ranges"):
@@ -251,8 +293,8 @@ def test_like_reruns_a_pair_with_the_parameters_it_was_executed_with(tmp_path: P
     reproduce(**like, notebooks=books, progress=False)
     assert len(log.read_text().splitlines()) == 2  # every chapter already executed with these parameters
     assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == before
-    nbformat.write(notebook, books / "02_sweep.ipynb")  # the same chapter, its sha256 changed by the rewrite
-    (books / "02_sweep.ipynb").write_text((books / "02_sweep.ipynb").read_text() + "\n")
+    notebook.cells[1].source += "  # edited"  # a changed chapter
+    nbformat.write(notebook, books / "02_sweep.ipynb")
     reproduce(**like, notebooks=books, progress=False, only={2})
     assert log.read_text().splitlines()[2:] == ["lr=0.1"]  # the changed chapter, with its recorded sweep
 

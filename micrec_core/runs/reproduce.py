@@ -1,8 +1,9 @@
 """Rerun the book for one domain pair: execute the ordered notebooks with papermill into runs/<pair>/.
 
 Each executed notebook is written atomically next to a small JSON record of the parameters it ran with, and records
-the sha256 of the chapter it ran; a rerun with the same parameters skips notebooks already executed from the same
-chapter, so a killed reproduction resumes where it stopped and a changed chapter is executed again. The parameters
+the sha256 of the chapter it ran (its cells, not the outputs a run of it stored); a rerun with the same parameters
+skips notebooks already executed from the same chapter, so a killed reproduction resumes where it stopped and a
+changed chapter is executed again. The parameters
 (raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel starts. A
 chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb beside where
 the executed chapter would be (removed once the chapter succeeds), and the error names that file.
@@ -235,7 +236,7 @@ def reproduce(
         failed = target.with_suffix(".failed.ipynb")
         number = int(source.name[:2])
         if target.is_file() and record.is_file() and json.loads(record.read_text()) == params \
-                and executed_from(target) == source_sha256(source):
+                and is_current(target, source):
             log.info("%s: already executed with these parameters, skipped", source.name)
             done.append(target)
             continue
@@ -305,26 +306,33 @@ class RunWatcher:
         self.thread.join()
 
 
-def source_sha256(source: Path) -> str:
-    """The sha256 of a chapter's notebook file as executed."""
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+def chapter_sha256(source: Path) -> str:
+    """The sha256 of what a chapter computes and says: each cell's type, tags and source, in order. Outputs,
+    execution counts and metadata are left out, so executing the chapter in place (the synthetic book) does not make
+    the pairs' copies of it stale."""
+    parts = [[cell["cell_type"], sorted(cell.get("metadata", {}).get("tags", [])), "".join(cell["source"])]
+             for cell in json.loads(Path(source).read_text())["cells"]]  # source: a string or a list of lines
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def executed_from(target: Path) -> str | None:
-    """The sha256 of the chapter source an executed copy was made from (None if it records none: executed by an
-    earlier micrec, so it may show an older version of the chapter)."""
-    return json.loads(Path(target).read_text())["metadata"].get("micrec", {}).get("source_sha256")
+def is_current(target: Path, source: Path) -> bool:
+    """Whether an executed copy was made from the chapter as it is now: by its recorded `chapter_sha256`, or, for a
+    copy made before that was recorded, by the sha256 of the whole chapter file it records (outputs included)."""
+    record = json.loads(Path(target).read_text())["metadata"].get("micrec", {})
+    if "chapter_sha256" in record:
+        return record["chapter_sha256"] == chapter_sha256(source)
+    return record.get("source_sha256") == hashlib.sha256(Path(source).read_bytes()).hexdigest()
 
 
 def _portable_record(notebook: Path, source: Path, target: str, prefix: str) -> None:
     """Record papermill's input and output as the chapters' names, not as paths of this machine, and which version
-    of the chapter ran (its sha256: a changed chapter is executed again), and make the copy's figure labels its own
-    (`own_labels`)."""
+    of the chapter ran (`chapter_sha256`: a changed chapter is executed again), and make the copy's figure labels its
+    own (`own_labels`)."""
     import nbformat
 
     executed = nbformat.read(notebook, as_version=4)
     executed.metadata["papermill"] |= {"input_path": f"notebooks/{source.name}", "output_path": target}
-    executed.metadata["micrec"] = {"source_sha256": source_sha256(source)}
+    executed.metadata["micrec"] = {"chapter_sha256": chapter_sha256(source)}
     own_labels(executed, prefix)
     nbformat.write(executed, notebook)
 
