@@ -3,10 +3,10 @@
 Each executed notebook is written atomically next to a small JSON record of the parameters it ran with, and records
 the sha256 of the chapter it ran (its cells, not the outputs a run of it stored); a rerun with the same parameters
 skips notebooks already executed from the same chapter, so a killed reproduction resumes where it stopped and a
-changed chapter is executed again. The parameters
-(raw folder and the pair's files in it, the pair, counts, output folders) are checked before any kernel starts. A
-chapter that fails keeps its partly executed notebook, with the error in it, as <chapter>.failed.ipynb beside where
-the executed chapter would be (removed once the chapter succeeds), and the error names that file.
+changed chapter is executed again. The parameters (raw folder and the pair's files in it, the pair, counts, output
+folders) are checked before any kernel starts. A chapter that fails keeps its partly executed notebook, with the
+error in it, as <chapter>.failed.ipynb beside where the executed chapter would be (removed once the chapter
+succeeds), and the error names that file.
 `only` executes a subset of the chapters (e.g. all but one whose runs are not all trained yet); the others are left
 as they are, and the pair's book lists those of them already executed with the same parameters.
 `like_arguments` reads those records back, so a pair's book can be rerun with exactly the parameters it was
