@@ -18,6 +18,7 @@ from micrec_core.evaluation.inference import evaluate_test, recommend_new
 from micrec_core.models.micrec import ItemModalities
 from micrec_core.models.sampling import TripletSampler
 from micrec_core.models.setup import setup
+from micrec_core.training.provenance import cpu_model
 from micrec_core.training.train import CHECKPOINT, domain_alphas, train, train_step
 from tests.conftest import random_features
 
@@ -258,6 +259,9 @@ def test_cli_train_writes_metrics(tiny_dataset: Path, tmp_path: Path, monkeypatc
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"model", "ablation", "dataset", "seed", "lr", "dim", "tau"} <= set(metrics["config"])
     assert {"git_commit", "dataset_sha256", "device", "torch"} <= set(metrics["provenance"])
+    capability = torch.backends.cpu.get_cpu_capability()  # the kernels torch takes on this CPU
+    assert metrics["provenance"]["device"].startswith(f"cpu: {platform.machine()} ")
+    assert f"({capability}" in metrics["provenance"]["device"], metrics["provenance"]["device"]
     assert isinstance(metrics["best_epoch"], int) and metrics["train_seconds"] > 0
     assert metrics["model_notes"] == {}  # Recommender.notes(): INMO has nothing to report about how it met the data
     for groups in metrics["test"].values():
@@ -383,6 +387,15 @@ _, state, test = run(load_pair(Path(sys.argv[1])), quick())
 print(json.dumps({"retained": sys.argv[2] != "default" and retain_freed_memory(), "history": state.history,
                   "test": test}))
 """
+
+
+def test_cpu_model_reads_the_model_name_else_the_architecture(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_model.__wrapped__(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: \n")
+    assert cpu_model.__wrapped__(cpuinfo) == (platform.processor() or platform.machine())
+    assert cpu_model.__wrapped__(tmp_path / "absent") == (platform.processor() or platform.machine())
 
 
 def test_keeping_freed_memory_changes_no_result(tiny_dataset: Path) -> None:

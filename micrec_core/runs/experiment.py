@@ -7,7 +7,6 @@ its history) instead of metrics.json, so a sweep can show the configurations tha
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from micrec_core.evaluation.inference import evaluate_test, most_popular
 from micrec_core.models.registry import model_class
 from micrec_core.models.setup import Setup, setup
 from micrec_core.training.batched import train_together
-from micrec_core.training.provenance import code_sha256
+from micrec_core.training.provenance import code_sha256, cpu_kernels
 from micrec_core.training.train import (
     CHECKPOINT,
     TrainingDiverged,
@@ -131,7 +130,7 @@ def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{platform.machine()}, {torch.get_num_threads()} threads"
+        name = f"{cpu_kernels()}, {torch.get_num_threads()} threads"
     return {
         "git_commit": commit,
         "code_sha256": code_sha256(),
