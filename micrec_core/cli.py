@@ -198,7 +198,13 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """micrec reproduce."""
-    from micrec_core.runs.reproduce import chapter_numbers, like_arguments, reproduce, summary_lines
+    from micrec_core.runs.reproduce import (
+        chapter_numbers,
+        like_arguments,
+        like_chapter_params,
+        reproduce,
+        summary_lines,
+    )
 
     only = None if args.only is None else chapter_numbers(args.only)
     given = {"raw": args.raw, "release": args.release, "pair": args.pair, "seeds": args.seeds, "device": args.device,
@@ -209,12 +215,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         if clash:
             raise ValueError(f"--like takes every parameter from {args.like}'s records; drop {', '.join(clash)}")
         arguments = like_arguments(Path(args.like))
-        recorded = arguments["chapter_params"]
-        for key, value in extra.items():  # a parameter of chapters not executed yet; no recorded one changes
-            if key in recorded and recorded[key] != value:
-                raise ValueError(f"--chapter {key}={value!r}: {args.like}'s records have {key}={recorded[key]!r}, "
-                                 f"and --like keeps them (run without --like to execute with other parameters)")
-            recorded[key] = value
+        arguments["chapter_params"] = like_chapter_params(Path(args.like), arguments["chapter_params"], extra, only)
     else:
         arguments = {k: v for k, v in given.items() if v is not None}
         arguments["chapter_params"] = extra
@@ -367,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every parameter as the chapters in FOLDER (e.g. runs/Beauty_Electronics) were executed "
                             "with, read from their .params.json records: rerun a pair's book after a code change "
                             "without retyping its options (with --only: some of its chapters; --chapter adds a "
-                            "parameter no record has, for chapters not executed yet)")
+                            "parameter no record has, or changes one if every chapter recording it is executed)")
     rerun.add_argument("--chapter", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter some chapters declare (e.g. min_count=5, sweep=..., jobs=2), repeatable")
     rerun.add_argument("--only", default=None, metavar="CHAPTERS",

@@ -14,6 +14,7 @@ from micrec_core.runs.reproduce import (
     chapter_numbers,
     label_prefix,
     like_arguments,
+    like_chapter_params,
     notebook_parameters,
     own_labels,
     reproduce,
@@ -321,3 +322,22 @@ def test_like_refuses_options_it_would_override(capsys: pytest.CaptureFixture[st
     assert "drop --seeds, --device" in capsys.readouterr().err
     assert main(["reproduce", "--like", "runs/Beauty_Electronics", "--chapter", "jobs=1", "--only", "1"]) == 2
     assert "--chapter jobs=1: runs/Beauty_Electronics's records have jobs=2" in capsys.readouterr().err
+
+
+def test_like_changes_a_chapter_parameter_only_for_the_chapters_it_executes(tmp_path: Path) -> None:
+    folder = tmp_path / "A_B"
+    folder.mkdir()
+    (folder / "06_sweep.params.json").write_text(json.dumps({"seeds": 5, "jobs": 2}))
+    (folder / "07_results.params.json").write_text(json.dumps({"seeds": 5, "jobs": 2, "baseline_seeds": 1}))
+    recorded = {"jobs": 2, "baseline_seeds": 1}
+    assert like_chapter_params(folder, recorded, {"sweep": "lr=0.1"}, {8}) == recorded | {"sweep": "lr=0.1"}  # new
+    assert like_chapter_params(folder, recorded, {"baseline_seeds": 5}, {7}) == {"jobs": 2, "baseline_seeds": 5}
+    assert like_chapter_params(folder, recorded, {"baseline_seeds": 5}, None)["baseline_seeds"] == 5  # all executed
+    assert like_chapter_params(folder, recorded, {"jobs": 2}, {1}) == recorded  # as recorded: no change
+    with pytest.raises(ValueError, match=r"baseline_seeds=1 \(chapter 7\), and --like keeps them"):
+        like_chapter_params(folder, recorded, {"baseline_seeds": 5}, {6})
+    with pytest.raises(ValueError, match=r"jobs=2 \(chapter 6\)"):
+        like_chapter_params(folder, recorded, {"jobs": 1}, {7})  # chapter 6 would keep jobs=2
+    with pytest.raises(ValueError, match=r"jobs=2 \(chapters 6, 7\)"):
+        like_chapter_params(folder, recorded, {"jobs": 1}, {1})
+    assert recorded == {"jobs": 2, "baseline_seeds": 1}  # the records' values are not changed in place

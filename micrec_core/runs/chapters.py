@@ -129,10 +129,11 @@ def wide(series: pd.Series, rows: list[str], domains: list[str], metrics: Mappin
     return table.reindex(rows).rename(index=dict(names))
 
 
-def provenance(run_info: pd.DataFrame, data_label: str, seeds: list[int], min_count: int,
+def provenance(run_info: pd.DataFrame, data_label: str, seeds: list[int] | str, min_count: int,
                max_epochs: int) -> tuple[str, str]:
     """Show each run's provenance (commit, data hash, device, epochs, why it stopped) and return the one-line summary
-    and the stopping statement that go under every table's title."""
+    and the stopping statement that go under every table's title. `seeds`: the training seeds, or a phrase where
+    the models have different ones."""
     table = provenance_table(run_info)
     display(table)
     line = provenance_line(table, data_label, seeds, min_count)

@@ -513,8 +513,9 @@ def provenance_table(run_info: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def provenance_line(table: pd.DataFrame, data_label: str, seeds: list[int], min_count: int) -> str:
-    """The line above every result table: data, its hash, code commits, devices, seeds, max_epochs."""
+def provenance_line(table: pd.DataFrame, data_label: str, seeds: list[int] | str, min_count: int) -> str:
+    """The line above every result table: data, its hash, code commits, devices, seeds (a list, or a phrase where
+    the models have different ones), max_epochs."""
     commits = ", ".join(sorted(set(table["git_commit"])))
     devices = ", ".join(sorted(set(table["device"])))
     hashes = ", ".join(sorted(set(table["dataset_sha256"])))

@@ -10,7 +10,8 @@ succeeds), and the error names that file.
 `only` executes a subset of the chapters (e.g. all but one whose runs are not all trained yet); the others are left
 as they are, and the pair's book lists those of them already executed with the same parameters.
 `like_arguments` reads those records back, so a pair's book can be rerun with exactly the parameters it was
-executed with (`micrec reproduce --like runs/<pair>`), without retyping them.
+executed with (`micrec reproduce --like runs/<pair>`), without retyping them; `like_chapter_params` lets such a
+rerun change a chapter parameter for the chapters it executes (`--only 7 --chapter baseline_seeds=5`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,27 @@ def like_arguments(folder: Path, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
                          f"({', '.join(f'{k}={merged[k]!r}' for k in differing)}; expected "
                          f"{', '.join(f'{k}={again.get(k)!r}' for k in differing)})")
     return arguments
+
+
+def like_chapter_params(folder: Path, recorded: dict[str, Any], given: dict[str, Any],
+                        only: set[int] | None) -> dict[str, Any]:
+    """`--like`'s chapter parameters: the `recorded` ones (`like_arguments`), with each of `given` added where no
+    record has it (a chapter not executed yet) or changed where every chapter that records it is executed by this
+    call (`only`; None: all): a chapter left alone keeps what it was executed with, so a change it would miss is
+    refused, naming those chapters."""
+    merged = dict(recorded)
+    for key, value in given.items():
+        if key in recorded and recorded[key] != value:
+            holders = sorted(int(record.name[:2]) for record in Path(folder).glob("[0-9][0-9]_*.params.json")
+                             if key in json.loads(record.read_text()))
+            kept = [] if only is None else [n for n in holders if n not in only]
+            if kept:
+                raise ValueError(f"--chapter {key}={value!r}: {folder}'s records have {key}={recorded[key]!r} (chapter"
+                                 f"{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}), and --like keeps "
+                                 "them for the chapters it does not execute (name every one of them in --only, or run "
+                                 "without --like to execute with other parameters)")
+        merged[key] = value
+    return merged
 
 
 def declared(notebook: Path) -> set[str]:
