@@ -40,6 +40,9 @@
 #   4-6. Table 2's other baselines seed by seed (seed 0 of every model, then seed 1 of every model, ...), so that a
 #      pair's Table 2 has every row at one seed long before it has five (the chapter trains every registered model,
 #      so a partial row set publishes nothing; on Beauty x Electronics one seed of all of them is ~16 core-hours).
+#      Once every baseline has seed 0, chapter 7 publishes the whole table with MICRec and INMO at their 5 seeds and
+#      the others at 1: `micrec reproduce --like runs/<pair> --only 7 --chapter baseline_seeds=1` (then =2, ... as
+#      the seeds land; every caption says which rows have how many seeds).
 #      Within a seed: the nine faster baselines first (finished and committed within a session), then IDCF (whose
 #      relation model attends over every key user and item) and NeuMF (whose validation runs its MLP over every
 #      user x item pair), which together cost about as much as the nine; then SGL and XSimGCL meeting unseen users
