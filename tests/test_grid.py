@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,6 +23,8 @@ from micrec_core.runs.grid import (
     run_dir,
     run_grid,
     stopping_statement,
+    trained_by,
+    trained_on,
     twin,
     twin_of,
     variant_config,
@@ -443,3 +446,20 @@ def test_a_plan_says_what_a_grid_call_would_do_and_trains_nothing(text_only_data
     assert [state for *_, state in states()] == ["finished", "new", "finished", "new", "new", "resume"]
     run_grid(text_only_dataset, ["micrec"], [1], tmp_path, **(small | {"lr": 0.01}))  # another configuration's run
     assert [state for *_, state in states()][:2] == ["finished", "refused"]
+
+
+def test_trained_by_and_on_name_each_code_version_and_device_once() -> None:
+    def segment(epoch: int, code: str, commit: str | None, device: str | None = None) -> dict[str, Any]:
+        return {"from_epoch": epoch, "code_sha256": code, "git_commit": commit} | ({"device": device} if device else {})
+
+    alone = {"git_commit": "c1", "device": "cpu: A", "code_history": [segment(0, "s1", "c1", "cpu: A")]}
+    assert (trained_by(alone), trained_on(alone)) == ("c1", "cpu: A")
+    moved = alone | {"device": "cpu: B",
+                     "code_history": [segment(0, "s1", "c1", "cpu: A"), segment(5, "s1", "c1", "cpu: B")]}
+    assert (trained_by(moved), trained_on(moved)) == ("c1", "cpu: A + cpu: B")  # one code version, two machines
+    legacy = {"git_commit": "c2", "device": "cpu: B",
+              "code_history": [segment(0, "s1", None), segment(3, "s2", "c2"), segment(7, "s2", "c2", "cpu: B")]}
+    assert (trained_by(legacy), trained_on(legacy)) == ("unknown+c2", "cpu: B")  # unnamed devices left out
+    back = alone | {"code_history": [segment(0, "s1", "c1", "cpu: A"), segment(2, "s2", "c1", "cpu: B"),
+                                     segment(4, "s2", "c1", "cpu: A")]}
+    assert (trained_by(back), trained_on(back)) == ("c1+c1", "cpu: A + cpu: B + cpu: A")  # code changed, same commit

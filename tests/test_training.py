@@ -18,7 +18,7 @@ from micrec_core.evaluation.inference import evaluate_test, recommend_new
 from micrec_core.models.micrec import ItemModalities
 from micrec_core.models.sampling import TripletSampler
 from micrec_core.models.setup import setup
-from micrec_core.training.provenance import cpu_model
+from micrec_core.training.provenance import cpu_model, device_name
 from micrec_core.training.train import CHECKPOINT, domain_alphas, train, train_step
 from tests.conftest import random_features
 
@@ -93,6 +93,27 @@ def test_resume_equals_uninterrupted(tiny_pair: PairData, tmp_path: Path) -> Non
     _, resumed_state, resumed_test = run(tiny_pair, config, run_dir=tmp_path / "killed", resume=True)
     assert resumed_test == full_test
     assert resumed_state.history == full_state.history
+    assert resumed_state.code_history == full_state.code_history  # the same code on the same device: one segment
+
+
+def test_a_run_resumed_on_another_device_records_it(tiny_pair: PairData, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config = quick(max_epochs=4)
+
+    def kill_after_two(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tiny_pair, config, run_dir=tmp_path, on_epoch=kill_after_two)
+    here = device_name(torch.device("cpu"))
+    written = torch.load(tmp_path / CHECKPOINT, weights_only=True)["state"]["code_history"]
+    assert [(c["from_epoch"], c["device"]) for c in written] == [(0, here)]
+    elsewhere = "cpu: x86_64 Another CPU (AVX512), 1 threads"
+    monkeypatch.setattr("micrec_core.training.train.device_name", lambda device: elsewhere)
+    _, state, _ = run(tiny_pair, config, run_dir=tmp_path, resume=True)
+    assert [(c["from_epoch"], c["device"]) for c in state.code_history] == [(0, here), (2, elsewhere)]
+    assert state.code_history[0]["code_sha256"] == state.code_history[1]["code_sha256"]
 
 
 def test_resume_rejects_a_different_config_or_data(tiny_pair: PairData, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from micrec_core.evaluation.inference import evaluate_test, most_popular
 from micrec_core.models.registry import model_class
 from micrec_core.models.setup import Setup, setup
 from micrec_core.training.batched import train_together
-from micrec_core.training.provenance import code_sha256, cpu_kernels
+from micrec_core.training.provenance import code_sha256, device_name
 from micrec_core.training.train import (
     CHECKPOINT,
     TrainingDiverged,
@@ -127,15 +127,11 @@ def check_folder(out: Path, config: Config, data_hash: str, resume: bool, force:
 
 def provenance(dataset: Path, device: torch.device, commit: str | None) -> dict[str, Any]:
     """Where a result came from: code commit (read when training started), data hash, device, library versions."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{cpu_kernels()}, {torch.get_num_threads()} threads"
     return {
         "git_commit": commit,
         "code_sha256": code_sha256(),
         "dataset_sha256": dataset_sha256(dataset),
-        "device": f"{device.type}: {name}",
+        "device": device_name(device),
         "torch": torch.__version__,
     }
 

@@ -460,7 +460,7 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
             "train_seconds": metrics["train_seconds"],
             "git_commit": trained_by(metrics["provenance"]),
             "dataset_sha256": metrics["provenance"]["dataset_sha256"],
-            "device": metrics["provenance"]["device"],
+            "device": trained_on(metrics["provenance"]),
         }
         validation = {d: {"all": {f"ndcg@{metrics['config']['val_n']}": v}}
                       for d, v in validation_scores(metrics).items()}
@@ -475,13 +475,27 @@ def collect(runs: Path, dataset: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _changes(segments: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The segments of a `code_history` that change `key` from the segment before (the first always)."""
+    return [seg for k, seg in enumerate(segments) if k == 0 or seg.get(key) != segments[k - 1].get(key)]
+
+
 def trained_by(provenance: dict[str, Any]) -> str | None:
-    """The git commit that trained a run; a run resumed across code (`code_history`) lists each segment's, joined
-    by "+" in training order (a segment without a known commit shows as "unknown")."""
-    segments = provenance.get("code_history", [])
-    if len(segments) < 2:
+    """The git commit that trained a run; a run resumed across code (`code_history`) lists each code version's
+    commit, joined by "+" in training order (a segment without a known commit shows as "unknown"; one that changed
+    only the device adds none)."""
+    versions = _changes(provenance.get("code_history", []), "code_sha256")
+    if len(versions) < 2:
         return provenance["git_commit"]
-    return "+".join(segment["git_commit"] or "unknown" for segment in segments)
+    return "+".join(segment["git_commit"] or "unknown" for segment in versions)
+
+
+def trained_on(provenance: dict[str, Any]) -> str:
+    """The device that trained a run; a run resumed on other devices lists each segment's, joined by " + " in
+    training order (segments written before they named a device are left out)."""
+    named = [segment for segment in provenance.get("code_history", []) if "device" in segment]
+    devices = [segment["device"] for segment in _changes(named, "device")]
+    return provenance["device"] if len(devices) < 2 else " + ".join(devices)
 
 
 def settled(folder: Path) -> bool:

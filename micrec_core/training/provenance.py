@@ -8,7 +8,8 @@ metrics.json records it beside the git commit.
 The same code and seed give the same bits on one machine, not on every CPU: torch picks its vectorised kernels
 (ATen's CPU capability) and MKL its code path by the processor, and their rounding differs; early stopping can
 turn a difference in the seventh digit into a different best epoch (bench/RESULTS.md, "The same seed on another
-CPU"). `cpu_kernels` names what a CPU run had, for its provenance.
+CPU"). `device_name` names the device a run trained on (for a CPU, its model and kernels), for its provenance and
+for each segment of a run resumed on another machine.
 """
 
 from __future__ import annotations
@@ -53,3 +54,10 @@ def cpu_kernels() -> str:
     if os.environ.get("MKL_CBWR"):
         kernels += f", MKL_CBWR={os.environ['MKL_CBWR']}"
     return f"{platform.machine()} {cpu_model()} ({kernels})"
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a run's provenance names it: the GPU's name, or the CPU's kernels and torch's thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {cpu_kernels()}, {torch.get_num_threads()} threads"

@@ -35,7 +35,7 @@ from micrec_core.models.micrec import alpha_at
 from micrec_core.models.recommender import Recommender
 from micrec_core.models.setup import Setup
 from micrec_core.training.memory import retain_freed_memory
-from micrec_core.training.provenance import code_sha256
+from micrec_core.training.provenance import code_sha256, device_name
 
 CHECKPOINT = "checkpoint.pt"
 GRAD_EVERY = 5  # epochs between two gradient-ratio records in the history
@@ -186,7 +186,7 @@ def start_run(
     state = TrainState(best_score=[-math.inf] * len(groups), best_epoch=[-1] * len(groups))
     state.best_params = [{} for _ in groups]
     state.best_alpha = [alpha_at(0)] * len(groups)
-    state.code_history = [code_segment(0)]
+    state.code_history = [code_segment(0, s.device)]
     checkpoint = None if run_dir is None else Path(run_dir) / CHECKPOINT
     if resume and checkpoint is not None and checkpoint.is_file():
         state = _load_checkpoint(checkpoint, s, optimizer, generator, across_code)
@@ -344,9 +344,11 @@ def _origin(s: Setup) -> dict[str, str | None]:
     return {"dataset_sha256": dataset_sha256(s.pair.path), "code_sha256": code_sha256()}
 
 
-def code_segment(epoch: int) -> dict[str, Any]:
-    """An entry of `TrainState.code_history`: the code (package sha256, git commit) that trains from `epoch` on."""
-    return {"from_epoch": epoch, "code_sha256": code_sha256(), "git_commit": code_version()["git_commit"]}
+def code_segment(epoch: int, device: torch.device) -> dict[str, Any]:
+    """An entry of `TrainState.code_history`: the code (package sha256, git commit) and the device (`device_name`)
+    that train from `epoch` on."""
+    return {"from_epoch": epoch, "code_sha256": code_sha256(), "git_commit": code_version()["git_commit"],
+            "device": device_name(device)}
 
 
 def _legacy_code_history(path: Path, code: str | None) -> list[dict[str, Any]]:
@@ -388,7 +390,8 @@ def _load_checkpoint(
     validation NDCG its last epoch recorded (REPLAY_TOLERANCE): a change to how the model represents or scores is
     refused; one to how it trains is not detectable so, which is why continuing is opt-in. The new code's
     segment is appended to the run's `code_history` (metrics.json's provenance), so the result says that two
-    versions trained it.
+    versions trained it. So is one on another device (or one a checkpoint written before segments named theirs
+    does not name): the same code and seed round differently on another CPU (`provenance` module).
     """
     payload = read_checkpoint(path, s.device)
     saved = Config.from_dict(payload["config"]).to_dict()
@@ -409,7 +412,8 @@ def _load_checkpoint(
         state.code_history = _legacy_code_history(path, origin.get("code_sha256"))
     if other_code:
         _replay_validation(path, s, state)
-        state.code_history.append(code_segment(state.epoch))
+    if other_code or state.code_history[-1].get("device") != device_name(s.device):
+        state.code_history.append(code_segment(state.epoch, s.device))  # another machine may round otherwise
     return state
 
 
