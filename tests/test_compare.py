@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from micrec_core.evaluation.compare import formatted, mean_std, paired
+from micrec_core.evaluation.compare import family_orders, formatted, mean_std, paired
 
 
 def _results(values: dict[str, list[float]]) -> pd.DataFrame:
@@ -34,3 +34,20 @@ def test_mean_std_cells() -> None:
                                                                                                              ddof=1))
     cells = formatted(agg[["mean"]], agg[["std"]].rename(columns={"std": "mean"}), digits=1)
     assert cells.loc["x", "mean"] == "20.0 ± 14.1"
+
+
+def test_family_orders_against_the_paper() -> None:
+    models = ["A", "B", "C", "D"]
+    ours = pd.DataFrame({"X": [3.0, 5.0, 4.0, 1.0], "Y": [5.0, 4.0, 3.0, 2.0]}, index=models)
+    paper = pd.DataFrame({"X": [5.0, 3.0, 4.0, 1.0], "Y": [5.0, 4.0, 1.0, 3.0]}, index=models)
+    families = {"A": "f1", "B": "f1", "C": "f2", "D": "f2"}
+    table = family_orders(ours, families, paper)
+    assert list(table.index) == [("f1", "X"), ("f1", "Y"), ("f2", "X"), ("f2", "Y")]
+    assert list(table["ours order"]) == ["B > A", "A > B", "C > D", "C > D"]
+    assert list(table["paper order"]) == ["A > B", "A > B", "C > D", "D > C"]
+    assert list(table["same order"]) == [False, True, True, False]
+    assert table.loc[("f1", "X"), "ours ranks"] == [1, 3]  # B first of all four, A third (C is second)
+    assert table.loc[("f2", "Y"), "paper ranks"] == [3, 4]  # D third, C last by the paper's numbers
+    alone = family_orders(ours, families)
+    assert list(alone.columns) == ["ours order", "ours ranks"]
+    assert list(alone["ours order"]) == list(table["ours order"])

@@ -8,7 +8,7 @@ there is no test, and the tables say so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,3 +54,30 @@ def paired(results: pd.DataFrame, row: str, base: str, metric: str) -> pd.DataFr
                     "change (%)": 100 * (a.mean() - b.mean()) / b.mean() if b.mean() > 0 else np.nan,
                     "seeds": len(both), "p (paired t)": p, "beyond noise": bool(p < ALPHA) if p == p else False})
     return pd.DataFrame(out).set_index("domain")
+
+
+def family_orders(ours: pd.DataFrame, families: Mapping[str, str], paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How each family of methods orders its models, per domain: `ours` (rows: models, columns: domains; higher is
+    better, e.g. NDCG@20) and `paper` (the same rows and columns; None where there is no paper column). A row per
+    (family, domain): its models best first ("A > B"), each one's rank among all rows (1 = best), and with `paper`
+    the same by the paper's numbers and whether the two orders agree."""
+    rows = []
+    for family in dict.fromkeys(families[m] for m in ours.index):  # in the order the rows first show them
+        members = [m for m in ours.index if families[m] == family]
+        for source, table in (("ours", ours), ("paper", paper)):
+            if table is None:
+                continue
+            ranks = table.rank(ascending=False, method="min")
+            for d in ours.columns:
+                best_first = sorted(members, key=lambda m, d=d, t=table: -t.loc[m, d])
+                rows.append({"family": family, "domain": d, "source": source, "order": best_first,
+                             "ranks": [int(ranks.loc[m, d]) for m in best_first]})
+    long = pd.DataFrame(rows)
+    wide = long.pivot(index=["family", "domain"], columns="source", values=["order", "ranks"])
+    wide.columns = [f"{source} {what}" for what, source in wide.columns]
+    wide = wide.reindex(pd.MultiIndex.from_frame(long[["family", "domain"]].drop_duplicates()))
+    if paper is not None:
+        wide["same order"] = [a == b for a, b in zip(wide["ours order"], wide["paper order"], strict=True)]
+    for column in [c for c in wide.columns if c.endswith("order") and c != "same order"]:
+        wide[column] = wide[column].map(" > ".join)
+    return wide
