@@ -49,11 +49,18 @@
 #      and items with a random row (chapter 7's other reading, `sgl+unseen_init=random`): training never reads that
 #      parameter, so the grid evaluates each such run's trained model again (seconds; `experiment.reevaluate`)
 #      where its model.pt is still there, and trains it otherwise.
-# Stages 1-3 serve issue #13 (the principal one) and 4-6 Table 2's baselines (#14, #15), so the sessions since
-# 2026-12-04 run each pair's first three stages before either pair's baselines, in one chain:
+# Stages 1-3 serve issue #13 (the principal one) and 4-6 Table 2's baselines (#14, #15), so the sessions of
+# 2026-12-04 ran each pair's first three stages before either pair's baselines, in one chain:
 #   STAGES=scale bash bench/cpu_session.sh \
 #     && PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 STAGES=scale bash bench/cpu_session.sh \
 #     && bash bench/cpu_session.sh && PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5 bash bench/cpu_session.sh
+# Since 2026-12-05 (stages 1-3 done for both pairs) each pair's seed 0 of every baseline comes before any pair's
+# seeds 1-4 (SEEDS=1 stops a call after seed 0: a whole Table 2 per pair first), and the two pairs train side by
+# side, one core each (JOBS=1), because at the end of a seed's grid call one slow run (IDCF on Beauty x Electronics,
+# past 100 epochs at ~2 min each) kept one core for hours while the other idled:
+#   JOBS=1 SEEDS=1 bash bench/cpu_session.sh && JOBS=1 bash bench/cpu_session.sh &
+#   F="PAIR=Grocery_and_Gourmet_Food,Home_and_Kitchen MIN_COUNT=5"
+#   env $F JOBS=1 SEEDS=1 bash bench/cpu_session.sh && env $F JOBS=1 bash bench/cpu_session.sh &
 # The runs are niced, but where the kernel shares the CPU between sessions first (autogroup, as on this project's
 # machines: /proc/sys/kernel/sched_autogroup_enabled = 1) a nice value only ranks processes within one session, so
 # the grid still takes half of the cores from a test run or a benchmark started elsewhere: pause it meanwhile
