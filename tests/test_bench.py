@@ -76,3 +76,39 @@ def test_pack_finished_carries_results_and_leaves_runs_a_budget_stopped(tiny_dat
     stamp = (unpacked / "built" / "inmo" / "seed0" / "metrics.json").stat().st_mtime_ns
     run_grid(tiny_dataset, ["inmo"], [0], unpacked, **small)  # reused there, not trained again
     assert (unpacked / "built" / "inmo" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_idcf_diagnosis_leaves_the_edge_out_of_the_summaries_and_prints_every_figure(tiny_dataset: Path,
+                                                                                      tmp_path: Path) -> None:
+    import importlib.util
+
+    import torch
+
+    from micrec_core.models.idcf import build_phase
+    from micrec_core.runs.experiment import load_run
+    from micrec_core.runs.grid import run_grid
+
+    folder = run_grid(tiny_dataset, ["idcf"], [0], tmp_path / "runs", dim=8, max_epochs=2, batches_per_epoch=2,
+                      device="cpu")[0]
+    spec = importlib.util.spec_from_file_location("idcf_diagnosis", ROOT / "bench" / "idcf_diagnosis.py")
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    s, _ = load_run(folder, tiny_dataset)
+    data, domain = s.model.pair.domains[0], s.model.domains[0]
+    train = data.edges["train"]
+    for e in (0, train.shape[1] // 2, train.shape[1] - 1):
+        without = build_phase(torch.cat([train[:, :e], train[:, e + 1:]], 1), data.n_users, data.n_items,
+                              domain.user_key, domain.item_key, torch.device("cpu"))
+        u, i = train[:, e : e + 1]
+        for side, rows, neighbours in (("user", u, i), ("item", i, u)):
+            m = domain.summaries(s.model.train_phases[0], side)
+            expected = domain.summaries(without, side)[rows]
+            got = diagnosis.left_out(domain, train, m, rows, neighbours, side)
+            assert torch.allclose(got, expected, atol=1e-6), (side, e)
+            is_key = bool(domain._side("item" if side == "user" else "user")[0][neighbours] >= 0)
+            assert torch.allclose(got, m[rows], atol=1e-6) != is_key, (side, e)  # a key's edge was in the summary
+    done = script("idcf_diagnosis.py", "--run", str(folder), "--dataset", str(tiny_dataset))
+    assert done.returncode == 0, done.stderr
+    for figure in ("stage-1 factorisation alone", "E_tr fit", "user attention over", "item attention over",
+                   "left out of both"):
+        assert done.stdout.count(figure) == 2, figure
