@@ -15,6 +15,7 @@ import torch
 from micrec_core.config import Config
 from micrec_core.data.dataset import DomainData, PairData
 from micrec_core.evaluation.inference import evaluate_test
+from micrec_core.models import idcf
 from micrec_core.models.idcf import DomainIDCF, Params, Relation, build_phase
 from micrec_core.models.losses import bpr_loss, reduce
 from micrec_core.models.setup import setup
@@ -130,6 +131,17 @@ def test_every_entity_is_the_relation_estimate_over_the_other_keys() -> None:
         after = domain.everyone(phase, "user")
     torch.testing.assert_close(after[0], reps[0])
     assert not torch.allclose(after[2], reps[2])
+
+
+def test_scoring_everyone_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    domain, _ = small_domain()
+    phase = build_phase(torch.cat([EDGES, NEW], 1), 5, 4, domain.user_key, domain.item_key, torch.device("cpu"))
+    with torch.no_grad():
+        whole = domain.factors(phase)
+        monkeypatch.setattr(idcf, "CHUNK", 2)  # rows 0-1, 2-3, 4: key user 2 sits past a boundary
+        chunked = domain.factors(phase)
+    for one, other in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(one, other, rtol=0, atol=0)
 
 
 def stage_config(**kw: object) -> Config:
