@@ -24,7 +24,6 @@ import torch
 
 from micrec_core.evaluation.metrics import ranking_metrics, topk_blocked
 from micrec_core.models.idcf import IDCF, DomainIDCF, Phase
-from micrec_core.models.micrec import _padded
 from micrec_core.runs.experiment import load_run
 
 N = 20
@@ -42,10 +41,11 @@ def top_n(scores: torch.Tensor, mask: torch.Tensor, allowed: torch.Tensor) -> to
 
 
 def metric(scores: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor,
-           users: torch.Tensor, name: str) -> float:
-    """`name`@N of `scores` on `target`, averaged over the `users` that have a target."""
-    return ranking_metrics(top_n(scores, mask, allowed), target[0], target[1], scores.shape[1], ns=(N,),
-                           user_mask=users)[f"{name}@{N}"]
+           groups: list[torch.Tensor], name: str) -> list[float]:
+    """`name`@N of `scores` on `target`, averaged over the users of each group that have a target (one ranking)."""
+    top = top_n(scores, mask, allowed)
+    return [ranking_metrics(top, target[0], target[1], scores.shape[1], ns=(N,), user_mask=users)[f"{name}@{N}"]
+            for users in groups]
 
 
 def left_out(domain: DomainIDCF, train: torch.Tensor, m: torch.Tensor, rows: torch.Tensor,
@@ -86,24 +86,24 @@ def diagnose(model: IDCF, d: int, generator: torch.Generator) -> list[str]:
     lines = [f"{data.name}: {int(key_user.sum())} key users of {int(data.user_seen.sum())} seen, "
              f"{int(key_item.sum())} key items of {int(seen_items.sum())}"]
     non_key = data.user_seen & ~key_user
+    idcf_key, idcf_other = metric(idcf_scores, train, val, seen_items, [key_user, non_key], "ndcg")
+    (mf_key,) = metric(mf_scores, train, val, seen_items, [key_user], "ndcg")
+    popular_key, popular_other = metric(popular, train, val, seen_items, [key_user, non_key], "ndcg")
     lines.append(
-        f"  validation NDCG@{N}, key users: IDCF {metric(idcf_scores, train, val, seen_items, key_user, 'ndcg'):.4f}"
-        f", stage-1 factorisation alone {metric(mf_scores, train, val, seen_items, key_user, 'ndcg'):.4f}, "
-        f"popularity {metric(popular, train, val, seen_items, key_user, 'ndcg'):.4f}; other seen users: IDCF "
-        f"{metric(idcf_scores, train, val, seen_items, non_key, 'ndcg'):.4f}, popularity "
-        f"{metric(popular, train, val, seen_items, non_key, 'ndcg'):.4f}")
+        f"  validation NDCG@{N}, key users: IDCF {idcf_key:.4f}, stage-1 factorisation alone {mf_key:.4f}, "
+        f"popularity {popular_key:.4f}; other seen users: IDCF {idcf_other:.4f}, popularity {popular_other:.4f}")
     nothing = torch.zeros(2, 0, dtype=torch.long)
+    idcf_seen, idcf_keys = metric(idcf_scores, nothing, train, seen_items, [data.user_seen, key_user], "recall")
+    (mf_fit,) = metric(mf_scores, nothing, train, seen_items, [key_user], "recall")
+    (popular_fit,) = metric(popular, nothing, train, seen_items, [data.user_seen], "recall")
     lines.append(
-        f"  E_tr fit, recall@{N} (nothing masked): IDCF "
-        f"{metric(idcf_scores, nothing, train, seen_items, data.user_seen, 'recall'):.4f} (seen users), "
-        f"{metric(idcf_scores, nothing, train, seen_items, key_user, 'recall'):.4f} (key users); factorisation "
-        f"{metric(mf_scores, nothing, train, seen_items, key_user, 'recall'):.4f} (key users); popularity "
-        f"{metric(popular, nothing, train, seen_items, data.user_seen, 'recall'):.4f}")
+        f"  E_tr fit, recall@{N} (nothing masked): IDCF {idcf_seen:.4f} (seen users), {idcf_keys:.4f} (key users); "
+        f"factorisation {mf_fit:.4f} (key users); popularity {popular_fit:.4f}")
     summaries = {side: domain.summaries(phase, side) for side in ("user", "item")}
-    for side, n in (("user", data.n_users), ("item", data.n_items)):
+    for side in ("user", "item"):
         key_map, keys, relation, _ = domain._side(side)
-        rows = torch.randint(n, (500,), generator=generator)
-        weights = relation.attention(summaries[side][rows], keys, _padded(key_map, n)[rows])
+        rows = torch.randint(len(key_map), (500,), generator=generator)
+        weights = relation.attention(summaries[side][rows], keys, key_map[rows])
         entropy = -(weights * weights.clamp(min=1e-30).log()).sum(-1).mean().item()
         lines.append(f"  {side} attention over {keys.shape[0]} keys: entropy {entropy:.2f} (uniform "
                      f"{math.log(keys.shape[0]):.2f}), largest weight {weights.max(-1).values.mean().item():.4f}")
@@ -112,9 +112,9 @@ def diagnose(model: IDCF, d: int, generator: torch.Generator) -> list[str]:
     seen = torch.nonzero(seen_items).flatten()
     negatives = seen[torch.randint(len(seen), (EDGES,), generator=generator)]
     user_out = domain.estimates(left_out(domain, train, summaries["user"], users, items, "user"), "user",
-                                _padded(domain.user_key, data.n_users)[users])
+                                domain.user_key[users])
     item_out = domain.estimates(left_out(domain, train, summaries["item"], items, users, "item"), "item",
-                                _padded(domain.item_key, data.n_items)[items])
+                                domain.item_key[items])
     val_pick = val[:, torch.randint(val.shape[1], (EDGES,), generator=generator)]
     held_out = auc(p[val_pick[0]], q[val_pick[1]], q[negatives])
     lines.append(
